@@ -1,0 +1,44 @@
+# Everything a newcomer needs: `make serve` and `make test` set the project up when needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= $(or $(PTQ4VM_HOST),127.0.0.1)
+PORT   ?= $(or $(PTQ4VM_PORT),8000)
+
+.PHONY: setup serve test test-slow bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned on its own first: an unpinned resolve would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(VENV)/bin/ptq4vm fetch --quiet
+
+serve: setup
+	$(VENV)/bin/ptq4vm serve --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+bench: setup
+	$(PY) benchmarks/engines.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy ptq4vm_core server tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

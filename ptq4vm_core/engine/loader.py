@@ -1,0 +1,43 @@
+"""Resolve a MODEL name (`fp32`, a registry version, an artifact directory) to an engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptq4vm_core.assets import weights_path
+from ptq4vm_core.engine.base import Engine, EngineKind
+from ptq4vm_core.engine.ort_engine import OrtEngine
+from ptq4vm_core.engine.torch_engine import TorchEngine
+
+FP32 = "fp32"
+
+
+class ModelNotFoundError(Exception):
+    """MODEL names nothing that can be loaded."""
+
+
+def load_engine(
+    model: str, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
+) -> Engine:
+    """An engine for `model`. For `fp32` the deployed engine (AUTO) is ONNX Runtime on the
+    published graph; TORCH is the PyTorch network with the same weights."""
+    kind = EngineKind(kind)
+    if model == FP32:
+        if kind in (EngineKind.AUTO, EngineKind.ORT):
+            return OrtEngine(weights_path(root), name="ort-fp32")
+        if kind is EngineKind.TORCH:
+            from ptq4vm_core.model import load_rvm_from_onnx
+
+            return TorchEngine(load_rvm_from_onnx(weights_path(root)))
+        raise ValueError(
+            f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort or torch"
+        )
+    path = Path(model)
+    if path.is_dir():
+        raise ModelNotFoundError(
+            f"{model} is a directory but quantized artifacts are not supported by this version; "
+            "use --model fp32"
+        )
+    raise ModelNotFoundError(
+        f"unknown model {model!r}: expected 'fp32', a registry version or an artifact directory"
+    )

@@ -1,0 +1,47 @@
+"""Matting a whole clip frame by frame with the recurrent state carried."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ptq4vm_core.engine.base import Engine, Float32Array
+from ptq4vm_core.engine.frames import frames_to_batch
+
+
+def auto_downsample_ratio(width: int, height: int, target: int = 512) -> float:
+    """RVM's guidance: run the network at about `target` px on the long side, never upscale."""
+    return min(1.0, target / max(width, height))
+
+
+@dataclass(frozen=True)
+class MatteFrame:
+    """One processed frame: the input [H,W,3] uint8, fgr [3,H,W] and pha [1,H,W] float32."""
+
+    index: int
+    src: NDArray[np.uint8]
+    fgr: Float32Array
+    pha: Float32Array
+
+
+def matte_frames(
+    engine: Engine, frames: Iterable[NDArray[np.uint8]], downsample_ratio: float
+) -> Iterator[MatteFrame]:
+    """Run `engine` over `frames` ([H,W,3] uint8 RGB, all one size) as one stream."""
+    state: Any = None
+    size: tuple[int, ...] | None = None
+    for index, frame in enumerate(frames):
+        if size is None:
+            size = frame.shape
+        elif frame.shape != size:
+            raise ValueError(
+                f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the stream started at "
+                f"{size[1]}x{size[0]}; all frames of a clip must have one size"
+            )
+        out = engine.infer(frames_to_batch([frame]), state, downsample_ratio)
+        state = out.state
+        yield MatteFrame(index, frame, out.fgr[0], out.pha[0])
