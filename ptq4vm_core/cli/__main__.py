@@ -1,0 +1,3 @@
+from ptq4vm_core.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The FastAPI matting service: streaming sessions, REST, registry, admin."""
