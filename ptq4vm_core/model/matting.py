@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ptq4vm_core.closure import Closure, Env, run_closures
 from ptq4vm_core.model.decoder import (
     BottleneckBlock,
     OutputBlock,
@@ -93,22 +95,81 @@ class MattingNetwork(nn.Module):
         self, src: Tensor, state: RecurrentState | None, downsample_ratio: float
     ) -> MattingOutput:
         """One frame: src [B,3,H,W] in [0,1] -> MattingOutput for that frame."""
+        env = self.frame_env(src, state, downsample_ratio)
+        run_closures(self.closures(), env)
+        return self.frame_output(env)
+
+    @staticmethod
+    def frame_env(src: Tensor, state: RecurrentState | None, downsample_ratio: float) -> Env:
+        """The per-frame environment the closures start from: the frame at full and network
+        resolution, the image pyramid the decoder joins in, and the GRU states r1..r4."""
         if src.dim() != 4 or src.shape[1] != 3:
             raise ValueError(f"src must be [B,3,H,W] RGB, got shape {tuple(src.shape)}")
         src_sm = resize_scale(src, downsample_ratio) if downsample_ratio != 1.0 else src
-        r1, r2, r3, r4 = state if state is not None else (None, None, None, None)
-
-        f1, f2, f3, f4 = self.backbone(src_sm)
-        f4 = self.aspp(f4)
         s1, s2, s3 = image_pyramid(src_sm)
-        x4, r4 = self.decode4(f4, r4)
-        x3, r3 = self.decode3(x4, f3, s3, r3)
-        x2, r2 = self.decode2(x3, f2, s2, r2)
-        x1, r1 = self.decode1(x2, f1, s1, r1)
-        hidden = self.decode0(x1, src_sm)
-        out = self.project_mat(hidden)
-        out = self.refiner(src, src_sm, out, hidden)
+        r1, r2, r3, r4 = state if state is not None else (None, None, None, None)
+        return {
+            "src": src, "src_sm": src_sm, "s1": s1, "s2": s2, "s3": s3,
+            "r1": r1, "r2": r2, "r3": r3, "r4": r4,
+        }  # fmt: skip
 
-        fgr = (out[:, :3] + src).clamp(0.0, 1.0)
-        pha = out[:, 3:].clamp(0.0, 1.0)
+    @staticmethod
+    def frame_output(env: Env) -> MattingOutput:
+        values = [env[k] for k in ("fgr", "pha", "r1", "r2", "r3", "r4")]
+        fgr, pha, r1, r2, r3, r4 = (v for v in values if v is not None)
         return MattingOutput(fgr, pha, RecurrentState(r1, r2, r3, r4))
+
+    def closures(self) -> list[Closure]:
+        """The functional closures in execution order: five backbone stages, LR-ASPP, each
+        decoder block with its ConvGRU, the output block with the projection, the refiner."""
+        enc = self.backbone
+        stage0, stage1, stage2, stage3, stage4 = (enc.stage(i) for i in range(5))
+
+        def first_stage(x: Tensor) -> tuple[Tensor]:
+            return (stage0(enc.normalize(x)),)
+
+        def output(x1: Tensor, src_sm: Tensor) -> tuple[Tensor, Tensor]:
+            hidden = self.decode0(x1, src_sm)
+            return hidden, self.project_mat(hidden)
+
+        def refine(
+            src: Tensor, src_sm: Tensor, coarse: Tensor, hidden: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            out = self.refiner(src, src_sm, coarse, hidden)
+            return (out[:, :3] + src).clamp(0.0, 1.0), out[:, 3:].clamp(0.0, 1.0)
+
+        def one(module: nn.Module) -> Callable[[Tensor], tuple[Tensor]]:
+            return lambda x: (module(x),)
+
+        def decoder(name: str, block: nn.Module, inputs: tuple[str, ...]) -> Closure:
+            level = name[-1]
+            outputs = (f"x{level}", f"r{level}")
+            recurrent = (f"r{level}",)
+            return Closure(name, (*inputs, f"r{level}"), outputs, (block,), block, recurrent)
+
+        return [
+            Closure("stage1", ("src_sm",), ("f1",), (stage0,), first_stage),
+            Closure("stage2", ("f1",), ("f2",), (stage1,), one(stage1)),
+            Closure("stage3", ("f2",), ("f3",), (stage2,), one(stage2)),
+            Closure("stage4", ("f3",), ("b4",), (stage3,), one(stage3)),
+            Closure("stage5", ("b4",), ("f4",), (stage4,), one(stage4)),
+            Closure("lraspp", ("f4",), ("a4",), (self.aspp,), one(self.aspp)),
+            decoder("decode4", self.decode4, ("a4",)),
+            decoder("decode3", self.decode3, ("x4", "f3", "s3")),
+            decoder("decode2", self.decode2, ("x3", "f2", "s2")),
+            decoder("decode1", self.decode1, ("x2", "f1", "s1")),
+            Closure(
+                "output",
+                ("x1", "src_sm"),
+                ("hidden", "coarse"),
+                (self.decode0, self.project_mat),
+                output,
+            ),
+            Closure(
+                "refiner",
+                ("src", "src_sm", "coarse", "hidden"),
+                ("fgr", "pha"),
+                (self.refiner,),
+                refine,
+            ),
+        ]

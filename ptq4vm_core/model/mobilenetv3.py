@@ -62,6 +62,9 @@ STEM_CHANNELS = 16
 LAST_CHANNELS = 960
 # Indices into `features` whose outputs are the encoder's skip features f1, f2, f3, f4.
 FEATURE_TAPS = (1, 3, 6, 16)
+# Stages as [start, stop) ranges of `features`, at strides 2, 4, 8, 16 and 16 (dilated): the
+# units of block-wise calibration. Stage 3 ends at the last stride-16 block before dilation.
+STAGES = ((0, 2), (2, 4), (4, 7), (7, 13), (13, 17))
 
 
 def _activation(kind: Activation) -> nn.Module:
@@ -158,8 +161,16 @@ class MobileNetV3Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def stage(self, index: int) -> nn.Sequential:
+        """The blocks of stage `index` (see STAGES): a view on `features`, not a copy."""
+        start, stop = STAGES[index]
+        return nn.Sequential(*list(self.features)[start:stop])
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = (x - self.mean) / self.std
+        x = self.normalize(x)
         taps: list[Tensor] = []
         for index, layer in enumerate(self.features):
             x = layer(x)
