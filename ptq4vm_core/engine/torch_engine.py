@@ -10,13 +10,22 @@ from ptq4vm_core.model import MattingNetwork, RecurrentState
 
 
 class TorchEngine:
-    def __init__(self, model: MattingNetwork, *, device: str | torch.device = "cpu") -> None:
+    """Runs a MattingNetwork in PyTorch: the FP32 network, or a quantized one in simulation."""
+
+    def __init__(
+        self,
+        model: MattingNetwork,
+        *,
+        device: str | torch.device = "cpu",
+        name: str = "torch-fp32",
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self._name = name
 
     @property
     def name(self) -> str:
-        return "torch-fp32"
+        return self._name
 
     @torch.inference_mode()
     def infer(

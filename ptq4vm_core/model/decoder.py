@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ptq4vm_core.quant.site import ActivationSite
+
 
 def _upsample_to(x: Tensor, like: Tensor) -> Tensor:
     """2x bilinear upsampling cropped to `like`'s height and width (odd sizes lose a row)."""
@@ -29,6 +31,7 @@ class ConvGRU(nn.Module):
         self.channels = channels
         self.ih = conv3x3(2 * channels, 2 * channels)  # reset and update gates
         self.hh = conv3x3(2 * channels, channels)  # candidate state
+        self.state_in = ActivationSite()  # the state entering a frame is quantized in deployment
 
     def forward(self, x: Tensor, h: Tensor | None) -> Tensor:
         if h is None:
@@ -37,6 +40,7 @@ class ConvGRU(nn.Module):
             # A zero state of any spatial size broadcasts, as the ONNX graph allows
             # ([B,1,1,1] zeros is how ONNX users start a stream).
             h = h.expand_as(x)
+        h = self.state_in(h)
         r, z = torch.sigmoid(self.ih(torch.cat([x, h], dim=1))).chunk(2, dim=1)
         c = torch.tanh(self.hh(torch.cat([x, r * h], dim=1)))
         h_new: Tensor = (1 - z) * h + z * c

@@ -1,0 +1,61 @@
+"""Calibration methods and profiles, as data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Method(StrEnum):
+    MINMAX = "minmax"  # ranges from min/max, round to nearest, no optimisation
+    BRECQ = "brecq"  # block reconstruction: AdaRound + activation step sizes
+    QDROP = "qdrop"  # BRECQ with activation quantization randomly dropped (p = 0.5)
+    PTQ4VM = "ptq4vm"  # BIQ (QDrop-style by default) + GAC + OFA
+
+
+class Profile(StrEnum):
+    FAST = "fast"  # tests and smoke runs
+    STANDARD = "standard"  # CPU default
+    PAPER = "paper"  # the paper's 20k iterations per block, for a GPU
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """frames: calibration frames (sequences x seq_len); iters: optimisation steps per closure;
+    batch: sequences per step; max_side: long side the calibration frames are fitted to."""
+
+    frames: int
+    seq_len: int
+    iters: int
+    batch: int
+    max_side: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[Profile, ProfileConfig] = {
+    Profile.FAST: ProfileConfig(frames=16, seq_len=4, iters=20, batch=1, max_side=128),
+    Profile.STANDARD: ProfileConfig(frames=256, seq_len=8, iters=160, batch=1, max_side=176),
+    Profile.PAPER: ProfileConfig(frames=256, seq_len=8, iters=20000, batch=4, max_side=512),
+}
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """BIQ hyper-parameters (BRECQ/QDrop defaults): Adam on AdaRound's alpha (lr_round) and on
+    activation step sizes (lr_act, cosine-annealed); AdaRound regulariser weight and schedule;
+    drop_prob = 0.5 for QDrop, 0 for BRECQ."""
+
+    iters: int
+    batch: int
+    lr_round: float = 1e-3
+    lr_act: float = 4e-5
+    round_weight: float = 0.01
+    warmup: float = 0.2
+    drop_prob: float = 0.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,37 @@
+"""Model-agnostic post-training quantization primitives.
+
+Specs and policies (`spec`), fake quantizers (`quantizer`, `adaround`), the quantized conv
+(`modules`) and model wrapping (`model`). The mode context manager is
+`ptq4vm_core.quant.model.mode`; it is not re-exported here, where its name would hide the
+`ptq4vm_core.quant.mode` module.
+"""
+
+from ptq4vm_core.quant.adaround import AdaRoundQuantizer, TemperatureDecay
+from ptq4vm_core.quant.mode import QuantMode
+from ptq4vm_core.quant.model import (
+    ActivationObserver,
+    quant_layers,
+    quantize_model,
+    set_drop_prob,
+    set_mode,
+)
+from ptq4vm_core.quant.modules import QuantConv2d
+from ptq4vm_core.quant.quantizer import UniformQuantizer
+from ptq4vm_core.quant.spec import LayerPolicy, QuantPolicy, QuantSpec, parse_bits
+
+__all__ = [
+    "ActivationObserver",
+    "AdaRoundQuantizer",
+    "LayerPolicy",
+    "QuantConv2d",
+    "QuantMode",
+    "QuantPolicy",
+    "QuantSpec",
+    "TemperatureDecay",
+    "UniformQuantizer",
+    "parse_bits",
+    "quant_layers",
+    "quantize_model",
+    "set_drop_prob",
+    "set_mode",
+]

@@ -1,0 +1,88 @@
+"""QuantConv2d: an nn.Conv2d whose input activation and weight go through fake quantizers."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ptq4vm_core.quant.adaround import AdaRoundQuantizer
+from ptq4vm_core.quant.quantizer import UniformQuantizer
+from ptq4vm_core.quant.spec import LayerPolicy
+
+
+class QuantConv2d(nn.Module):
+    """Computes conv2d(act_quantizer(x), weight_quantizer(weight)) + bias.
+
+    Built from a float `nn.Conv2d` (whose tensors are copied: the conv is not modified) and
+    the layer's `LayerPolicy`. The weight [C_out, C_in/groups, kH, kW] and bias [C_out] are
+    frozen buffers; the weight quantizer has one scale per output channel (or one per tensor),
+    range-initialised on the weight by the Lp search, with AdaRound rounding. The activation
+    quantizer (per tensor, on the input) is a placeholder until an `ActivationObserver`
+    initialises it; it is None when the policy keeps activations in float.
+
+    All quantizers start in `QuantMode.FP`, where the layer computes exactly what the conv did;
+    switch them together with `ptq4vm_core.quant.model.set_mode`.
+    """
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(self, conv: nn.Conv2d, policy: LayerPolicy, p: float = 2.4) -> None:
+        super().__init__()
+        if policy.activation is not None and policy.activation.per_channel:
+            raise ValueError(
+                "per-channel activation quantization is not supported (int8 conv kernels take "
+                "one input scale): use per_channel=False for the activation spec"
+            )
+        self.policy = policy
+        self.in_channels = conv.in_channels
+        self.out_channels = conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.stride = conv.stride
+        self.padding = conv.padding
+        self.dilation = conv.dilation
+        self.groups = conv.groups
+        self.padding_mode = conv.padding_mode
+        self._reversed_padding_repeated_twice = list(conv._reversed_padding_repeated_twice)
+        self.register_buffer("weight", conv.weight.detach().clone())
+        bias = None if conv.bias is None else conv.bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+        channels = self.out_channels if policy.weight.per_channel else 1
+        device = self.weight.device
+        base = UniformQuantizer(policy.weight, channels=channels, channel_dim=0, device=device)
+        base.init_range(self.weight, p=p)
+        self.weight_quantizer = AdaRoundQuantizer(base, self.weight)
+        self.act_quantizer = (
+            None
+            if policy.activation is None
+            else UniformQuantizer(policy.activation, device=device)
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}"
+        )
+
+    def quantized_weight(self) -> Tensor:
+        """The weight as the current mode sees it: float [C_out, C_in/groups, kH, kW]."""
+        w: Tensor = self.weight_quantizer(self.weight)
+        return w
+
+    def integer_weight(self) -> Tensor:
+        """int32 [C_out, C_in/groups, kH, kW] grid values with hard rounding, for export."""
+        return self.weight_quantizer.hard_integer(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, C_in, H, W] -> [B, C_out, H', W'], as the original conv."""
+        if self.act_quantizer is not None:
+            x = self.act_quantizer(x)
+        w = self.quantized_weight()
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            out = F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        else:
+            out = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return out
