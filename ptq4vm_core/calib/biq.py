@@ -158,7 +158,7 @@ def optimise_closure(
                 sched.step()
                 for scale in scales:  # a step size must stay positive
                     scale.data.clamp_(min=1e-8)
-            last = float(rec)
+            last = float(rec.detach())
             if step == 0:
                 first = last
             if tracker is not None and (step % 10 == 9 or step == cfg.iters - 1):

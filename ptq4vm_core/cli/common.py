@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ptq4vm_core.artifact import ArtifactError
 from ptq4vm_core.assets import AssetError
 from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.io.video import VideoError
@@ -27,6 +28,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 # Errors a user can fix: shown as one line, exit code 2, no traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
+    ArtifactError,
     AssetError,
     ModelNotFoundError,
     VideoError,

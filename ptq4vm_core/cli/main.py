@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ptq4vm_core.cli.bench import bench_command
+from ptq4vm_core.cli.calibrate import calibrate_command
 from ptq4vm_core.cli.common import console, setup_logging
 from ptq4vm_core.cli.evaluate import eval_command
 from ptq4vm_core.cli.fetch import fetch_command
@@ -32,6 +33,7 @@ app.command("fetch")(fetch_command)
 app.command("matte")(matte_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
+app.command("calibrate")(calibrate_command)
 
 
 @app.command("serve")

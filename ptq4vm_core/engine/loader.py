@@ -8,6 +8,7 @@ from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
 from ptq4vm_core.engine.ort_engine import OrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
+from ptq4vm_core.paths import cache_root
 
 FP32 = "fp32"
 
@@ -32,12 +33,26 @@ def load_engine(
         raise ValueError(
             f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort or torch"
         )
+    path = resolve_artifact(model, root)
+    if kind is EngineKind.ORT or kind is EngineKind.TORCH:
+        raise ValueError(
+            f"engine {kind.value!r} does not apply to a quantized artifact; use auto or sim "
+            "(the int8 ONNX Runtime engine arrives with the deployable-engine release)"
+        )
+    from ptq4vm_core.artifact import load_artifact
+
+    artifact = load_artifact(path)
+    return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
+
+
+def resolve_artifact(model: str, root: Path | None = None) -> Path:
+    """An artifact directory from a path or a registry version name."""
     path = Path(model)
     if path.is_dir():
-        raise ModelNotFoundError(
-            f"{model} is a directory but quantized artifacts are not supported by this version; "
-            "use --model fp32"
-        )
+        return path
+    registered = (root or cache_root()) / "models" / model
+    if "/" not in model and registered.is_dir():
+        return registered
     raise ModelNotFoundError(
         f"unknown model {model!r}: expected 'fp32', a registry version or an artifact directory"
     )

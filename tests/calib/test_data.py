@@ -15,7 +15,8 @@ from ptq4vm_core.io.video import VideoReadError
 def test_sequences_are_consecutive_frames_of_the_clip(sample_clip: Path, clip_frames) -> None:
     data = build_calibration_set([sample_clip], frames=32, seq_len=8, max_side=176)
     assert data.frames.shape == (4, 8, 3, 144, 176)
-    assert 0.0 <= float(data.frames.min()) and float(data.frames.max()) <= 1.0
+    assert float(data.frames.min()) >= 0.0
+    assert float(data.frames.max()) <= 1.0
     # 120 frames give 15 plain windows: the first sequences are the clip itself, in order.
     first = torch.from_numpy(np.stack(clip_frames[:8])).permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(data.frames[0], first)

@@ -1,0 +1,89 @@
+"""`ptq4vm calibrate`: FP32 model + clips -> quantized artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ptq4vm_core.assets import weights_path
+from ptq4vm_core.calib.data import build_calibration_set
+from ptq4vm_core.calib.methods import PROFILES, Method, Profile
+from ptq4vm_core.calib.progress import ProgressEvent
+from ptq4vm_core.cli.common import console, user_errors
+from ptq4vm_core.model import load_rvm_from_onnx
+
+BITS = ("w8a8", "w4a8", "w4a4")
+
+
+def calibrate_command(
+    clips: Annotated[
+        list[Path], typer.Option(help="Videos, frame dirs, or dirs with com/ and pha/.")
+    ],
+    bits: Annotated[str, typer.Option(help="w8a8, w4a8 or w4a4.")],
+    method: Annotated[Method, typer.Option(help="Calibration method.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    profile: Annotated[Profile, typer.Option(help="fast, standard (CPU) or paper (GPU).")] = (
+        Profile.STANDARD
+    ),
+    no_gac: Annotated[bool, typer.Option("--no-gac", help="PTQ4VM without GAC.")] = False,
+    no_ofa: Annotated[bool, typer.Option("--no-ofa", help="PTQ4VM without OFA.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Random seed (data and optimisation).")] = 0,
+) -> None:
+    """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ptq4vm_core.artifact import save_artifact
+    from ptq4vm_core.calib.calibrate import calibrate
+
+    with user_errors():
+        if bits not in BITS:
+            raise ValueError(f"--bits must be one of {', '.join(BITS)}, got {bits!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda asked for, but no CUDA device is available")
+        prof = PROFILES[profile]
+        data = build_calibration_set(
+            clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side, seed=seed
+        )
+        fp = load_rvm_from_onnx(weights_path())
+        columns = (
+            TextColumn("[bold]{task.fields[stage]}[/] {task.fields[unit]:<8}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("it {task.fields[it]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(
+                "calibrate", total=1.0, stage="start", unit="", it="-", loss="-", eta="-"
+            )
+
+            def show(event: ProgressEvent) -> None:
+                bar.update(
+                    task,
+                    completed=event.fraction,
+                    stage=event.stage,
+                    unit=event.unit,
+                    it=f"{event.step}/{event.total}",
+                    loss="-" if event.loss is None else f"{event.loss:.4g}",
+                    eta="-" if event.eta_s is None else f"{event.eta_s:.0f}s",
+                )
+
+            result = calibrate(
+                fp, data, bits=bits, method=method, profile=profile, device=device,
+                progress=show, seed=seed,
+            )  # fmt: skip
+        path = save_artifact(result, data, out)
+    Console(highlight=False).print(
+        f"{method.value} {bits} ({profile.value}) in {result.seconds['total']:.0f} s -> {path}"
+    )

@@ -1,0 +1,103 @@
+"""Calibration end to end on the real model and the sample clip (fast profile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ptq4vm_core.artifact import load_artifact, read_manifest
+from ptq4vm_core.assets import SAMPLE_CLIP
+from ptq4vm_core.calib.calibrate import calibrate
+from ptq4vm_core.calib.data import build_calibration_set
+from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.cli.main import app
+from ptq4vm_core.engine import load_engine
+from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.quant.mode import QuantMode
+from ptq4vm_core.quant.model import activation_layers, quant_layers
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def qdrop_artifact(tmp_path_factory: pytest.TempPathFactory, sample_clip: Path) -> Path:
+    out = tmp_path_factory.mktemp("artifacts") / "qdrop-w8a8"
+    result = runner.invoke(
+        app,
+        ["calibrate", "--clips", str(sample_clip), "--bits", "w8a8", "--method", "qdrop",
+         "--profile", "fast", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_calibrate_writes_a_verified_artifact(qdrop_artifact: Path) -> None:
+    manifest = read_manifest(qdrop_artifact)
+    assert manifest.method == "qdrop"
+    assert manifest.bits == "w8a8"
+    assert manifest.calibration.clips[0].sha256 == SAMPLE_CLIP.sha256
+    assert manifest.raw["calibration"]["seed"] == 0
+    model = load_artifact(qdrop_artifact).model
+    assert len(quant_layers(model)) == 82
+    # The four GRU states are quantized too.
+    sites = [n for n in activation_layers(model) if n.endswith("state_in")]
+    assert len(sites) == 4
+
+
+def test_artifact_runs_through_matte_and_eval(
+    qdrop_artifact: Path, sample_clip: Path, tmp_path: Path, clip_frames
+) -> None:
+    result = runner.invoke(
+        app,
+        ["matte", str(sample_clip), "--model", str(qdrop_artifact),
+         "--alpha-out", str(tmp_path / "a")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "sim-w8a8" in result.output
+    assert len(list((tmp_path / "a").glob("*.png"))) == 120
+    # At 8 bits the quantized matte stays close to FP32 over a stretch of frames.
+    fp, q = load_engine("fp32"), load_engine(str(qdrop_artifact))
+    fp_state = q_state = None
+    diffs = []
+    for frame in clip_frames[:30]:
+        src = frames_to_batch([frame])
+        a, b = fp.infer(src, fp_state, 1.0), q.infer(src, q_state, 1.0)
+        fp_state, q_state = a.state, b.state
+        diffs.append(float(np.abs(a.pha - b.pha).mean()))
+    assert max(diffs) < 0.02, diffs
+
+
+def test_reconstruction_beats_nearest_rounding_at_4_bits(
+    rvm: MattingNetwork, sample_clip: Path
+) -> None:
+    data = build_calibration_set([sample_clip], frames=8, seq_len=4, max_side=96)
+    result = calibrate(rvm, data, bits="w4a4", method=Method.BRECQ, profile=Profile.FAST)
+    improved = [r for r in result.reports if r.loss_end < r.loss_start]
+    # AdaRound + LSQ lower the closure's quantized output error for most closures.
+    assert len(improved) >= len(result.reports) * 2 // 3, [
+        (r.name, r.loss_start, r.loss_end) for r in result.reports
+    ]
+    assert all(
+        m.weight_quantizer.mode is QuantMode.QUANTIZED for m in quant_layers(result.model).values()
+    )
+    # The caller's model is untouched.
+    assert not quant_layers(rvm)
+
+
+def test_calibrate_rejects_bad_options(sample_clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    for args, message in [
+        (["--bits", "w3a3", "--method", "qdrop"], "--bits must be one of"),
+        (["--bits", "w8a8", "--method", "ptq4vm"], "not available in this version"),
+    ]:
+        result = runner.invoke(
+            app, ["calibrate", "--clips", str(sample_clip), *args, "--profile", "fast",
+                  "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert not out.exists()
