@@ -119,7 +119,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['method']}\n{r['bits']}" for r in rows]
     ax.bar(labels, [float(r["MAD"]) for r in rows])  # type: ignore[arg-type]
-    ax.set_ylabel("MAD x1e3 (lower is better)")
+    ax.set_yscale("log")
+    ax.set_ylabel("MAD x1e3, log scale (lower is better)")
     ax.set_title(f"RVM quantized with PTQ baselines ({args.profile})")
     fig.tight_layout()
     fig.savefig(OUT / f"{name}.png", dpi=120)
