@@ -11,11 +11,19 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Engine, Float32Array
 from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.model.matting import check_downsample_ratio
 
 
 def auto_downsample_ratio(width: int, height: int, target: int = 512) -> float:
     """RVM's guidance: run the network at about `target` px on the long side, never upscale."""
     return min(1.0, target / max(width, height))
+
+
+def resolve_downsample_ratio(requested: float | None, width: int, height: int) -> float:
+    """The ratio a user asked for, validated, or RVM's guidance for the frame size."""
+    return check_downsample_ratio(
+        requested if requested is not None else auto_downsample_ratio(width, height)
+    )
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from ptq4vm_core.cli.common import parse_size, progress_bar, user_errors
 from ptq4vm_core.engine import EngineKind, load_engine
 from ptq4vm_core.engine.ort_engine import default_threads
 from ptq4vm_core.io.video import iter_frames
-from ptq4vm_core.model.matting import check_downsample_ratio
-from ptq4vm_core.pipeline import auto_downsample_ratio
+from ptq4vm_core.pipeline import resolve_downsample_ratio
 
 
 def bench_command(
@@ -32,9 +31,7 @@ def bench_command(
     """Time MODEL on its engine at SIZE (sample-clip frames resized; state carried)."""
     with user_errors():
         width, height = parse_size(size)
-        ratio = check_downsample_ratio(
-            downsample if downsample is not None else auto_downsample_ratio(width, height)
-        )
+        ratio = resolve_downsample_ratio(downsample, width, height)
         runner = load_engine(model, engine)
         clip = SAMPLE_CLIP.path()
         source = (

@@ -19,8 +19,10 @@ BITS = ("w8a8", "w4a8", "w4a4")
 
 
 def calibrate_command(
+    ctx: typer.Context,
     clips: Annotated[
-        list[Path], typer.Option(help="Videos, frame dirs, or dirs with com/ and pha/.")
+        list[Path],
+        typer.Option(help="Videos, frame dirs, or dirs with com/ and pha/: --clips A B ..."),
     ],
     bits: Annotated[str, typer.Option(help="w8a8, w4a8 or w4a4.")],
     method: Annotated[Method, typer.Option(help="Calibration method.")],
@@ -40,6 +42,9 @@ def calibrate_command(
     from ptq4vm_core.calib.calibrate import calibrate
 
     with user_errors():
+        # DESIGN 4.2 spells `--clips PATH [PATH ...]`; click options take one value, so the
+        # paths after the first arrive as extra arguments.
+        clips = [*clips, *(Path(a) for a in ctx.args)]
         if bits not in BITS:
             raise ValueError(f"--bits must be one of {', '.join(BITS)}, got {bits!r}")
         if device not in ("cpu", "cuda"):

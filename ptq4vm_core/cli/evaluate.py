@@ -14,8 +14,7 @@ from ptq4vm_core.cli.common import progress_bar, user_errors
 from ptq4vm_core.engine import FP32, EngineKind, load_engine
 from ptq4vm_core.evaluate import check_clip_dir, evaluate_clip
 from ptq4vm_core.io.video import probe
-from ptq4vm_core.model.matting import check_downsample_ratio
-from ptq4vm_core.pipeline import auto_downsample_ratio
+from ptq4vm_core.pipeline import resolve_downsample_ratio
 
 
 def eval_command(
@@ -31,9 +30,7 @@ def eval_command(
     with user_errors():
         com, _ = check_clip_dir(clip)
         info = probe(com)
-        ratio = check_downsample_ratio(
-            downsample if downsample is not None else auto_downsample_ratio(info.width, info.height)
-        )
+        ratio = resolve_downsample_ratio(downsample, info.width, info.height)
         runner = load_engine(model, engine)
         reference = None if model == FP32 else load_engine(FP32)
         with progress_bar(transient=True) as progress:

@@ -33,7 +33,7 @@ app.command("fetch")(fetch_command)
 app.command("matte")(matte_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
-app.command("calibrate")(calibrate_command)
+app.command("calibrate", context_settings={"allow_extra_args": True})(calibrate_command)
 
 
 @app.command("serve")

@@ -20,8 +20,7 @@ from ptq4vm_core.io.video import (
     parse_background,
     probe,
 )
-from ptq4vm_core.model.matting import check_downsample_ratio
-from ptq4vm_core.pipeline import auto_downsample_ratio, matte_frames
+from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
 
 
 def matte_command(
@@ -48,9 +47,7 @@ def matte_command(
         if not (alpha_out or fgr_out or composite_out):
             raise ValueError("nothing to write: give --alpha-out, --fgr-out or --composite-out")
         info = probe(input)
-        ratio = check_downsample_ratio(
-            downsample if downsample is not None else auto_downsample_ratio(info.width, info.height)
-        )
+        ratio = resolve_downsample_ratio(downsample, info.width, info.height)
         bg = parse_background(background, info.width, info.height) if composite_out else None
         runner = load_engine(model, engine)
 
