@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 from ptq4vm_core.assets import sample_clip_path
 from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.engine import load_engine
+from ptq4vm_core.evaluate import evaluate_clips
 from ptq4vm_core.io.metrics import METRIC_NAMES
 from ptq4vm_core.paths import cache_root
 
@@ -37,15 +38,8 @@ CLI = [sys.executable, "-m", "ptq4vm_core.cli"]
 
 
 def evaluate(model: str, clips: list[Path], engine: str) -> dict[str, float]:
-    """Mean over the evaluation clips of `ptq4vm eval --json`."""
-    totals: dict[str, float] = {}
-    for clip in clips:
-        cmd = [*CLI, "eval", "--model", model, "--clip", str(clip), "--json", "--engine", engine]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        for key in (*METRIC_NAMES, "MAD_vs_fp32"):
-            totals[key] = totals.get(key, 0.0) + float(result[key]) / len(clips)
-    return totals
+    """Mean over the evaluation clips of what `ptq4vm eval` reports."""
+    return evaluate_clips(load_engine(model, engine), clips, reference=load_engine("fp32"))
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ptq4vm_core.engine.base import Engine
 from ptq4vm_core.io.metrics import METRIC_NAMES, SequenceMetrics
 from ptq4vm_core.io.video import VideoReadError, iter_frames, probe, read_alpha_frames
-from ptq4vm_core.pipeline import matte_frames
+from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,28 @@ def evaluate_clip(
         raise VideoReadError(f"{com} has no frames")
     vs_fp32 = drift.result()["MAD"] if ref_frames is not None else None
     return EvalResult(scores.result(), vs_fp32, count, info.width, info.height, downsample_ratio)
+
+
+def evaluate_clips(
+    engine: Engine,
+    clips: list[Path],
+    *,
+    reference: Engine | None = None,
+    downsample_ratio: float | None = None,
+) -> dict[str, float]:
+    """Mean over `clips` of each metric (and `MAD_vs_fp32` when `reference` is given); the
+    ratio defaults to RVM's guidance for each clip's size, as `ptq4vm eval` does."""
+    if not clips:
+        raise ValueError("no evaluation clips given")
+    totals: dict[str, float] = {}
+    for clip in clips:
+        com, _ = check_clip_dir(clip)
+        info = probe(com)
+        ratio = resolve_downsample_ratio(downsample_ratio, info.width, info.height)
+        result = evaluate_clip(engine, clip, ratio, reference=reference)
+        values = dict(result.metrics)
+        if result.mad_vs_fp32 is not None:
+            values["MAD_vs_fp32"] = result.mad_vs_fp32
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value / len(clips)
+    return totals

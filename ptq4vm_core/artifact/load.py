@@ -22,15 +22,11 @@ from ptq4vm_core.artifact.layout import (
 from ptq4vm_core.artifact.manifest import TENSORS_FILE, Manifest
 from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.quant.adaround import ROUND_DOWN_ALPHA
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
 
 logger = logging.getLogger(__name__)
-
-# AdaRound rounds up where alpha >= 0. A weight placed mid-bin (see `_layer_state`) must round
-# down; with alpha this negative even the soft rounding h(alpha) is exactly 0
-# (sigmoid(-16) * 1.2 - 0.1 < 0, clamped), so every mode sees the same integers.
-ROUND_DOWN_ALPHA = -16.0
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,11 @@ def _finite(x: float) -> float | None:
 
 def _layer_tensors(name: str, layer: QuantConv2d, out: Path) -> dict[str, Tensor]:
     """Integer weights, scales, zero points and bias of one layer, on the CPU, copied."""
+    if layer.affine is not None:
+        raise ArtifactError(
+            f"{out}: layer {name!r} carries a GAC correction that was not absorbed; call "
+            "ptq4vm_core.quant.model.absorb_affine on the model before saving it"
+        )
     policy = layer.policy
     base = layer.weight_quantizer.base
     scale = base.scale.detach().to("cpu", copy=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,15 +15,19 @@ import torch
 from ptq4vm_core.calib.biq import ClosureReport, block_reconstruction
 from ptq4vm_core.calib.closure_data import SeqEnv
 from ptq4vm_core.calib.data import CalibrationSet
+from ptq4vm_core.calib.flow import FlowSet, load_or_compute_flows
+from ptq4vm_core.calib.gac import GacConfig, GacReport, global_correction
 from ptq4vm_core.calib.methods import (
     PROFILES,
+    Base,
     Method,
     Profile,
     ReconstructionConfig,
 )
 from ptq4vm_core.calib.progress import ProgressCallback, ProgressTracker, log_progress
 from ptq4vm_core.model import MattingNetwork
-from ptq4vm_core.quant.model import quant_layers, quantize_model
+from ptq4vm_core.quant.mode import QuantMode
+from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
 from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)
@@ -29,6 +35,38 @@ logger = logging.getLogger(__name__)
 FIRST_LAYERS = ("backbone.features.0.0",)
 LAST_LAYERS = ("project_mat", "refiner.conv3")
 QDROP_PROB = 0.5
+OFA_WEIGHT = 0.02  # lambda: the L1 prior next to the alpha MSE
+
+
+@dataclass(frozen=True)
+class Ptq4vmOptions:
+    """PTQ4VM's switches: `base` is the BIQ stage; `gac` learns gamma and beta in the global
+    stage; `ofa` adds the optical-flow prior (weight `ofa_weight`) to it, over the pixels with
+    reliable flow only when `mask_occlusions`. With gac and ofa both off, PTQ4VM is its base."""
+
+    base: Base = Base.QDROP
+    gac: bool = True
+    ofa: bool = True
+    ofa_weight: float = OFA_WEIGHT
+    mask_occlusions: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", Base(self.base))
+        if self.ofa_weight < 0 or not math.isfinite(self.ofa_weight):
+            raise ValueError(f"ofa_weight={self.ofa_weight} must be a finite number >= 0")
+
+    @property
+    def global_stage(self) -> bool:
+        return self.gac or self.ofa
+
+    def label(self) -> str:
+        """e.g. "qdrop+gac+ofa"."""
+        parts = [self.base.value] + ["gac"] * self.gac + ["ofa"] * self.ofa
+        return "+".join(parts) + ("" if self.mask_occlusions or not self.ofa else "(nomask)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base.value, "gac": self.gac, "ofa": self.ofa,
+                "ofa_weight": self.ofa_weight, "mask_occlusions": self.mask_occlusions}  # fmt: skip
 
 
 def rvm_policy(bits: str, *, first_last_8bit: bool = True) -> QuantPolicy:
@@ -56,6 +94,7 @@ class CalibrationResult:
     reports: list[ClosureReport]
     seconds: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    gac: GacReport | None = None
 
 
 def calibrate(
@@ -69,20 +108,34 @@ def calibrate(
     first_last_8bit: bool = True,
     progress: ProgressCallback = log_progress,
     seed: int = 0,
+    ptq4vm: Ptq4vmOptions | None = None,
+    biq_model: MattingNetwork | None = None,
+    flow_cache: Path | None = None,
 ) -> CalibrationResult:
-    """Quantize a copy of `fp_model` (never modified) with `method` on `data`."""
+    """Quantize a copy of `fp_model` (never modified) with `method` on `data`.
+
+    For PTQ4VM, `ptq4vm` holds the switches (default: QDrop BIQ + GAC + OFA). `biq_model`, a
+    quantized model from an earlier BIQ run with the same bits (e.g. a loaded QDrop artifact),
+    is copied and used instead of running BIQ again; `flow_cache` is where OFA's flow is
+    cached (default under the cache root).
+    """
     method, profile = Method(method), Profile(profile)
-    if method is Method.PTQ4VM:
-        raise ValueError("method ptq4vm (BIQ + GAC + OFA) is not available in this version yet")
+    opts = ptq4vm or Ptq4vmOptions()
+    if method is not Method.PTQ4VM and (ptq4vm is not None or biq_model is not None):
+        raise ValueError(f"PTQ4VM options and biq_model apply to method ptq4vm, not {method}")
     torch.manual_seed(seed)
     dev = torch.device(device)
     timings: dict[str, float] = {}
     started = time.monotonic()
     policy = rvm_policy(bits, first_last_8bit=first_last_8bit)
     fp = copy.deepcopy(fp_model).to(dev).eval().requires_grad_(False)
-    q_model = quantize_model(fp, policy).to(dev)
-    if not isinstance(q_model, MattingNetwork):
-        raise TypeError("quantize_model must return the same model class")
+    if biq_model is not None:
+        q_model = _reuse_biq(biq_model, policy, dev)
+    else:
+        quantized = quantize_model(fp, policy).to(dev)
+        if not isinstance(quantized, MattingNetwork):
+            raise TypeError("quantize_model must return the same model class")
+        q_model = quantized
     if method is Method.MINMAX:
         for layer in quant_layers(q_model).values():  # plain min/max ranges, no Lp search
             layer.weight_quantizer.base.init_range(layer.weight, grid=1)
@@ -92,29 +145,90 @@ def calibrate(
     prof = PROFILES[profile]
     cfg = None
     if method is not Method.MINMAX:
+        qdrop = method is Method.QDROP or (method is Method.PTQ4VM and opts.base is Base.QDROP)
         cfg = ReconstructionConfig(
             iters=prof.iters,
             batch=prof.batch,
-            drop_prob=QDROP_PROB if method is Method.QDROP else 0.0,
+            drop_prob=QDROP_PROB if qdrop else 0.0,
             seed=seed,
         )
-    env = {k: v.to(dev) for k, v in start_env(fp, data).items()}
     closures = q_model.closures()
-    tracker = ProgressTracker(progress, overall=float(len(closures)))
-    t0 = time.monotonic()
-    _, reports = block_reconstruction(
-        fp.closures(),
-        q_model,
-        closures,
-        env,
-        cfg,
-        grid=1 if method is Method.MINMAX else 100,
-        tracker=tracker,
-    )
-    timings["biq"] = time.monotonic() - t0
+    global_units = GLOBAL_STAGE_UNITS if method is Method.PTQ4VM and opts.global_stage else 0.0
+    tracker = ProgressTracker(progress, overall=len(closures) + global_units)
+    reports: list[ClosureReport] = []
+    if biq_model is not None:
+        tracker.update("biq", "reused", 1, 1, advance=float(len(closures)))
+    else:
+        t0 = time.monotonic()
+        env = {k: v.to(dev) for k, v in start_env(fp, data).items()}
+        _, reports = block_reconstruction(
+            fp.closures(),
+            q_model,
+            closures,
+            env,
+            cfg,
+            grid=1 if method is Method.MINMAX else 100,
+            tracker=tracker,
+        )
+        del env
+        timings["biq"] = time.monotonic() - t0
+    config: dict[str, Any] = {
+        "profile": prof.to_dict(),
+        "reconstruction": cfg.to_dict() if cfg else None,
+    }
+    gac_report = None
+    if method is Method.PTQ4VM:
+        config["ptq4vm"] = opts.to_dict() | {"biq_reused": biq_model is not None}
+        if opts.global_stage:
+            gac_cfg = GacConfig(
+                iters=prof.gac_iters,
+                window=prof.gac_window,
+                ofa_weight=opts.ofa_weight if opts.ofa else 0.0,
+                mask_occlusions=opts.mask_occlusions,
+                affine=opts.gac,
+                seed=seed,
+            )
+            flows = _flows(data, flow_cache, tracker, timings)
+            t0 = time.monotonic()
+            gac_report = global_correction(q_model, fp, data, gac_cfg, flows=flows, tracker=tracker)
+            timings["gac"] = time.monotonic() - t0
+            config["gac"] = gac_cfg.to_dict()
+            config["gac_report"] = gac_report.to_dict()
+            config["flow"] = {"backend": flows.backend, "reliable": flows.reliable_fraction}
+            tracker.update("gac", "done", 1, 1, advance=global_units, loss=gac_report.mse_end)
     timings["total"] = time.monotonic() - started
     q_model.eval()
     return CalibrationResult(
-        q_model, policy, method, bits, profile, reports, timings,
-        {"profile": prof.to_dict(), "reconstruction": cfg.to_dict() if cfg else None},
-    )  # fmt: skip
+        q_model, policy, method, bits, profile, reports, timings, config, gac_report
+    )
+
+
+GLOBAL_STAGE_UNITS = 6.0  # progress weight of the global stage against one BIQ closure
+
+
+def _reuse_biq(biq_model: MattingNetwork, policy: QuantPolicy, dev: torch.device) -> MattingNetwork:
+    """A copy of an earlier BIQ result, checked to quantize the same layers at the same bits."""
+    layers = quant_layers(biq_model)
+    for name, layer in layers.items():
+        if layer.policy != policy.for_layer(name):
+            raise ValueError(
+                f"biq_model layer {name!r} is quantized as {layer.policy}, but this "
+                f"calibration's policy says {policy.for_layer(name)}: use a BIQ result "
+                "calibrated at the same bits"
+            )
+    model = copy.deepcopy(biq_model).to(dev)
+    set_mode(model, QuantMode.QUANTIZED)
+    return model
+
+
+def _flows(
+    data: CalibrationSet, cache: Path | None, tracker: ProgressTracker, timings: dict[str, float]
+) -> FlowSet:
+    t0 = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        tracker.update("flow", "pairs", done, total)
+
+    flows = load_or_compute_flows(data.frames, cache_dir=cache, progress=progress)
+    timings["flow"] = time.monotonic() - t0
+    return flows

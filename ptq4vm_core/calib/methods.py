@@ -14,6 +14,13 @@ class Method(StrEnum):
     PTQ4VM = "ptq4vm"  # BIQ (QDrop-style by default) + GAC + OFA
 
 
+class Base(StrEnum):
+    """The BIQ stage of PTQ4VM."""
+
+    BRECQ = "brecq"
+    QDROP = "qdrop"
+
+
 class Profile(StrEnum):
     FAST = "fast"  # tests and smoke runs
     STANDARD = "standard"  # CPU default
@@ -23,22 +30,29 @@ class Profile(StrEnum):
 @dataclass(frozen=True)
 class ProfileConfig:
     """frames: calibration frames (sequences x seq_len); iters: optimisation steps per closure;
-    batch: sequences per step; max_side: long side the calibration frames are fitted to."""
+    batch: sequences per step; max_side: long side the calibration frames are fitted to;
+    gac_iters: steps of PTQ4VM's global stage, each on gac_window consecutive frames."""
 
     frames: int
     seq_len: int
     iters: int
     batch: int
     max_side: int
+    gac_iters: int
+    gac_window: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 PROFILES: dict[Profile, ProfileConfig] = {
-    Profile.FAST: ProfileConfig(frames=16, seq_len=4, iters=20, batch=1, max_side=128),
-    Profile.STANDARD: ProfileConfig(frames=256, seq_len=8, iters=160, batch=1, max_side=176),
-    Profile.PAPER: ProfileConfig(frames=256, seq_len=8, iters=20000, batch=4, max_side=512),
+    Profile.FAST: ProfileConfig(16, 4, iters=20, batch=1, max_side=128, gac_iters=10, gac_window=3),
+    Profile.STANDARD: ProfileConfig(
+        256, 8, iters=160, batch=1, max_side=176, gac_iters=40, gac_window=4
+    ),
+    Profile.PAPER: ProfileConfig(
+        256, 8, iters=20000, batch=4, max_side=512, gac_iters=2000, gac_window=8
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.calib.data import build_calibration_set
-from ptq4vm_core.calib.methods import PROFILES, Method, Profile
+from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
 from ptq4vm_core.calib.progress import ProgressEvent
 from ptq4vm_core.cli.common import console, user_errors
 from ptq4vm_core.model import load_rvm_from_onnx
@@ -32,6 +32,7 @@ def calibrate_command(
     ),
     no_gac: Annotated[bool, typer.Option("--no-gac", help="PTQ4VM without GAC.")] = False,
     no_ofa: Annotated[bool, typer.Option("--no-ofa", help="PTQ4VM without OFA.")] = False,
+    base: Annotated[Base, typer.Option(help="PTQ4VM's BIQ stage: qdrop or brecq.")] = Base.QDROP,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Random seed (data and optimisation).")] = 0,
 ) -> None:
@@ -39,7 +40,7 @@ def calibrate_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ptq4vm_core.artifact import save_artifact
-    from ptq4vm_core.calib.calibrate import calibrate
+    from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 
     with user_errors():
         # DESIGN 4.2 spells `--clips PATH [PATH ...]`; click options take one value, so the
@@ -54,6 +55,11 @@ def calibrate_command(
 
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda asked for, but no CUDA device is available")
+        ptq4vm = None
+        if method is Method.PTQ4VM:
+            ptq4vm = Ptq4vmOptions(base=base, gac=not no_gac, ofa=not no_ofa)
+        elif no_gac or no_ofa or base is not Base.QDROP:
+            raise ValueError("--no-gac, --no-ofa and --base apply to --method ptq4vm only")
         prof = PROFILES[profile]
         data = build_calibration_set(
             clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side, seed=seed
@@ -86,9 +92,16 @@ def calibrate_command(
 
             result = calibrate(
                 fp, data, bits=bits, method=method, profile=profile, device=device,
-                progress=show, seed=seed,
+                progress=show, seed=seed, ptq4vm=ptq4vm,
             )  # fmt: skip
         path = save_artifact(result, data, out)
+    label = ptq4vm.label() if ptq4vm is not None else method.value
     Console(highlight=False).print(
-        f"{method.value} {bits} ({profile.value}) in {result.seconds['total']:.0f} s -> {path}"
+        f"{label} {bits} ({profile.value}) in {result.seconds['total']:.0f} s -> {path}"
     )
+    if result.gac is not None:
+        g = result.gac
+        Console(highlight=False).print(
+            f"global stage: alpha MSE {g.mse_start:.3g} -> {g.mse_end:.3g}, "
+            f"temporal residual {g.ofa_start:.3g} -> {g.ofa_end:.3g}"
+        )

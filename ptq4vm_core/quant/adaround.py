@@ -16,6 +16,9 @@ from ptq4vm_core.quant.quantizer import UniformQuantizer
 
 ZETA = 1.1
 GAMMA = -0.1
+# alpha that rounds down in every mode: even the soft rounding h(alpha) is exactly 0 there
+# (sigmoid(-16) * 1.2 - 0.1 < 0, clamped). Used to pin stored integers (mid-bin weights).
+ROUND_DOWN_ALPHA = -16.0
 
 
 class AdaRoundQuantizer(nn.Module):

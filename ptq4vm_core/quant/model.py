@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ptq4vm_core.quant.adaround import AdaRoundQuantizer
+from ptq4vm_core.quant.affine import WeightAffine
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.modules import QuantConv2d
 from ptq4vm_core.quant.quantizer import UniformQuantizer, check_drop_prob
@@ -117,6 +118,33 @@ def set_drop_prob(model: nn.Module, p: float) -> None:
     for layer in activation_layers(model).values():
         if layer.act_quantizer is not None:
             layer.act_quantizer.drop_prob = p
+
+
+def attach_affine(model: nn.Module) -> dict[str, WeightAffine]:
+    """Gives every QuantConv2d of `model` a fresh GAC correction (gamma 1, beta 0, which leaves
+    its output unchanged) and returns them by layer name. Replaces any correction present."""
+    out = {}
+    for name, layer in quant_layers(model).items():
+        layer.affine = WeightAffine(layer.weight_quantizer.base)
+        out[name] = layer.affine
+    return out
+
+
+def absorb_affine(model: nn.Module) -> int:
+    """Folds every attached GAC correction into its layer's integer weights and scales and
+    detaches it; the quantized modes compute bit for bit what they did before. Returns how
+    many layers changed."""
+    count = 0
+    for layer in quant_layers(model).values():
+        if layer.affine is None:
+            continue
+        grid = layer.weight_quantizer.base
+        q = layer.weight_quantizer.hard_integer(layer.weight).to(layer.weight.dtype)
+        integers, scale = layer.affine.absorbed(q, grid)
+        layer.set_integer_weight(integers, scale)
+        layer.affine = None
+        count += 1
+    return count
 
 
 class _Sample:

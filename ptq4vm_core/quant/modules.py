@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ptq4vm_core.quant.adaround import AdaRoundQuantizer
+from ptq4vm_core.quant.adaround import ROUND_DOWN_ALPHA, AdaRoundQuantizer
+from ptq4vm_core.quant.affine import WeightAffine
+from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.quantizer import UniformQuantizer
 from ptq4vm_core.quant.spec import LayerPolicy
 
@@ -22,6 +25,10 @@ class QuantConv2d(nn.Module):
 
     All quantizers start in `QuantMode.FP`, where the layer computes exactly what the conv did;
     switch them together with `ptq4vm_core.quant.model.set_mode`.
+
+    `affine` (None unless GAC attached one) corrects the hard-rounded quantized weight by
+    gamma and beta (see `ptq4vm_core.quant.affine`); `absorb_affine` folds it into the
+    integers and scales.
     """
 
     weight: Tensor
@@ -58,6 +65,7 @@ class QuantConv2d(nn.Module):
             if policy.activation is None
             else UniformQuantizer(policy.activation, device=device)
         )
+        self.affine: WeightAffine | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -67,9 +75,39 @@ class QuantConv2d(nn.Module):
         )
 
     def quantized_weight(self) -> Tensor:
-        """The weight as the current mode sees it: float [C_out, C_in/groups, kH, kW]."""
+        """The weight as the current mode sees it: float [C_out, C_in/groups, kH, kW].
+
+        With a GAC correction attached, a quantized mode sees the hard-rounded integers
+        corrected by it (the rounding is fixed by then; only gamma and beta learn)."""
+        if self.affine is not None and self.weight_quantizer.mode is not QuantMode.FP:
+            q = self.weight_quantizer.hard_integer(self.weight).to(self.weight.dtype)
+            corrected: Tensor = self.affine(q, self.weight_quantizer.base)
+            return corrected
         w: Tensor = self.weight_quantizer(self.weight)
         return w
+
+    @torch.no_grad()
+    def set_integer_weight(self, q: Tensor, scale: Tensor) -> None:
+        """Makes the quantized modes compute exactly (q - z) * scale (z: the grid's zero point).
+
+        q: integers, weight-shaped; scale: [channels] positive. The float weight is replaced by
+        mid-bin values w = (q - z + 0.5) * scale, so floor(w / scale) = q - z with half a step
+        of margin against float rounding, and the rounding is set to always round down; the
+        original float weight is not kept (FP mode then computes with the mid-bin weight).
+        """
+        base = self.weight_quantizer.base
+        if q.shape != self.weight.shape:
+            raise ValueError(
+                f"integer weight of shape {tuple(q.shape)} does not fit this layer's "
+                f"{tuple(self.weight.shape)}"
+            )
+        scale = scale.to(base.scale)
+        w = (q.to(scale.dtype) - base.broadcast(base.zero_point, q) + 0.5) * base.broadcast(
+            scale, q
+        )
+        self.weight.copy_(w)
+        base.scale.copy_(scale)
+        self.weight_quantizer.alpha.fill_(ROUND_DOWN_ALPHA)
 
     def integer_weight(self) -> Tensor:
         """int32 [C_out, C_in/groups, kH, kW] grid values with hard rounding, for export."""

@@ -92,7 +92,7 @@ def test_calibrate_rejects_bad_options(sample_clip: Path, tmp_path: Path) -> Non
     out = tmp_path / "x"
     for args, message in [
         (["--bits", "w3a3", "--method", "qdrop"], "--bits must be one of"),
-        (["--bits", "w8a8", "--method", "ptq4vm"], "not available in this version"),
+        (["--bits", "w8a8", "--method", "qdrop", "--no-gac"], "apply to --method ptq4vm only"),
         # DESIGN 4.2: several clips after one --clips are accepted (the error is about bits).
         ([str(sample_clip), "--bits", "w3a3", "--method", "qdrop"], "--bits must be one of"),
     ]:
