@@ -8,16 +8,21 @@ PORT   ?= $(or $(PTQ4VM_PORT),8000)
 
 .PHONY: setup serve test test-slow bench lint format clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned on its own first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[images,browser-tests]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 	$(VENV)/bin/ptq4vm fetch --quiet
+	@# Headless Chromium for the browser test (Debian's package; Playwright never downloads one).
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "setup: chromium missing and not installable here (needs apt and root); the browser test (-m browser) will fail"; }
 
 serve: setup
 	$(VENV)/bin/ptq4vm serve --host $(HOST) --port $(PORT)
@@ -34,7 +39,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy ptq4vm_core server tests benchmarks
+	$(VENV)/bin/mypy ptq4vm_core server tests benchmarks clients
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

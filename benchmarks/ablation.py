@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=cache_root() / "bench")
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts already built")
     parser.add_argument("--no-nomask", action="store_true", help="skip the unmasked-OFA rows")
+    parser.add_argument("--bases", nargs="+", type=Base, default=[Base.BRECQ, Base.QDROP])
+    parser.add_argument("--no-minmax", action="store_true", help="skip the MinMax rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.monotonic()
@@ -128,9 +130,10 @@ def main() -> None:
 
     add("FP32", "w32a32", "fp32", "auto", {})
     for bits in args.bits:
-        add("MinMax", bits, str(base_artifact("minmax", bits, profile, args.work)), "sim",
-            seconds(base_artifact("minmax", bits, profile, args.work)))  # fmt: skip
-        for base in (Base.BRECQ, Base.QDROP):
+        if not args.no_minmax:
+            minmax = base_artifact("minmax", bits, profile, args.work)
+            add("MinMax", bits, str(minmax), "sim", seconds(minmax))
+        for base in args.bases:
             biq = base_artifact(base.value, bits, profile, args.work)
             name = "BRECQ" if base is Base.BRECQ else "QDrop"
             add(name, bits, str(biq), "sim", seconds(biq))
@@ -158,7 +161,9 @@ def write(rows: list[dict[str, object]], args: argparse.Namespace, clips: list[P
         "profile": profile,
         "eval_clips": [c.name for c in clips],
         "command": f"python benchmarks/ablation.py --profile {profile} --bits "
-        f"{' '.join(args.bits)}" + (" --reuse" if args.reuse else ""),
+        f"{' '.join(args.bits)} --bases {' '.join(b.value for b in args.bases)}"
+        + (" --no-minmax" if args.no_minmax else "")
+        + (" --reuse" if args.reuse else ""),
         "wall_s": wall,
     }
     OUT.mkdir(parents=True, exist_ok=True)

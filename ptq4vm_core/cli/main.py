@@ -8,10 +8,12 @@ import typer
 
 from ptq4vm_core.cli.bench import bench_command
 from ptq4vm_core.cli.calibrate import calibrate_command
-from ptq4vm_core.cli.common import console, setup_logging
+from ptq4vm_core.cli.common import setup_logging
 from ptq4vm_core.cli.evaluate import eval_command
 from ptq4vm_core.cli.fetch import fetch_command
 from ptq4vm_core.cli.matte import matte_command
+from ptq4vm_core.cli.serve import serve_command
+from ptq4vm_core.cli.stream import stream_command
 
 app = typer.Typer(
     name="ptq4vm",
@@ -36,18 +38,8 @@ app.command("bench")(bench_command)
 app.command("calibrate", context_settings={"allow_extra_args": True})(calibrate_command)
 
 
-@app.command("serve")
-def serve_command(
-    host: Annotated[str, typer.Option(envvar="PTQ4VM_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="PTQ4VM_PORT")] = 8000,
-    model: Annotated[str | None, typer.Option()] = None,
-) -> None:
-    """Run the matting service on HOST:PORT (arrives with the streaming server)."""
-    console.print(
-        "the streaming server is not part of this release yet; "
-        "use `ptq4vm matte`, `ptq4vm eval` and `ptq4vm bench` meanwhile"
-    )
-    raise typer.Exit(1)
+app.command("serve")(serve_command)
+app.command("stream")(stream_command)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ class EngineKind(StrEnum):
     """How a model is run. AUTO picks the deployed engine for the model (what users get)."""
 
     AUTO = "auto"
-    ORT = "ort"  # ONNX Runtime: the published FP32 graph, later the int8 QDQ graph
+    ORT = "ort"  # ONNX Runtime: the published FP32 graph, or an artifact's int8 QDQ graph
     TORCH = "torch"  # the PyTorch FP32 network
     SIM = "sim"  # PyTorch simulation of a quantized artifact
 

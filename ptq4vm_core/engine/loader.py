@@ -21,7 +21,9 @@ def load_engine(
     model: str, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
 ) -> Engine:
     """An engine for `model`. For `fp32` the deployed engine (AUTO) is ONNX Runtime on the
-    published graph; TORCH is the PyTorch network with the same weights."""
+    published graph; TORCH is the PyTorch network with the same weights. For a quantized
+    artifact AUTO (or ORT) is ONNX Runtime on its exported int8 graph (exported on first use,
+    then cached); SIM is the PyTorch simulation that calibration optimised."""
     kind = EngineKind(kind)
     if model == FP32:
         if kind in (EngineKind.AUTO, EngineKind.ORT):
@@ -34,11 +36,17 @@ def load_engine(
             f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort or torch"
         )
     path = resolve_artifact(model, root)
-    if kind is EngineKind.ORT or kind is EngineKind.TORCH:
+    if kind is EngineKind.TORCH:
         raise ValueError(
-            f"engine {kind.value!r} does not apply to a quantized artifact; use auto or sim "
-            "(the int8 ONNX Runtime engine arrives with the deployable-engine release)"
+            f"engine {kind.value!r} does not apply to a quantized artifact; use auto (int8 "
+            "ONNX Runtime, the deployed engine) or sim (the PyTorch simulation)"
         )
+    if kind in (EngineKind.AUTO, EngineKind.ORT):
+        from ptq4vm_core.artifact import verify_artifact
+        from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
+
+        verify_artifact(path)  # refuse a tampered artifact before using any cached export
+        return QuantizedOrtEngine(path, root=root)
     from ptq4vm_core.artifact import load_artifact
 
     artifact = load_artifact(path)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,6 +19,9 @@ from ptq4vm_core.model.matting import check_downsample_ratio
 logger = logging.getLogger(__name__)
 
 STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
+OUTPUTS = ("fgr", "pha", "r1o", "r2o", "r3o", "r4o")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
 
 
 class OrtState(NamedTuple):
@@ -35,7 +41,69 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_providers() -> list[str]:
+    """CUDA first where this onnxruntime build has it, the CPU always as the fallback."""
+    available = ort.get_available_providers()
+    return [p for p in (CUDA, CPU) if p in available] or [CPU]
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Every optimisation on, one intra-op pool of `threads` (default: all usable cores), no
+    inter-op parallelism (the graph is a chain), warnings only."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def hardware_tag(providers: list[str]) -> str:
+    """What an optimised graph depends on: the onnxruntime version, the providers and the CPU
+    (ORT_ENABLE_ALL lays out tensors for the instruction set it finds)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        flags = platform.processor()
+    cpu = hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+    names = "+".join(p.removesuffix("ExecutionProvider").lower() for p in providers)
+    return f"ort{ort.__version__}-{names}-{cpu}"
+
+
+def create_session(
+    model_path: Path,
+    options: ort.SessionOptions,
+    providers: list[str],
+    optimized: Path | None = None,
+) -> ort.InferenceSession:
+    """A session for `model_path`. With `optimized`, the graph as ONNX Runtime optimised it is
+    kept there (written atomically on first use) and loaded from there later, which skips the
+    graph optimisation at start-up."""
+    if optimized is not None and optimized.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(optimized), options, providers=providers)
+    if optimized is None:
+        return ort.InferenceSession(str(model_path), options, providers=providers)
+    optimized.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=optimized.parent, prefix=f".{optimized.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        options.optimized_model_filepath = tmp
+        session = ort.InferenceSession(str(model_path), options, providers=providers)
+        os.replace(tmp, optimized)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return session
+
+
 class OrtEngine:
+    """Runs an ONNX graph with RVM's inputs and outputs. Keeps no per-stream data."""
+
     def __init__(
         self,
         model_path: str | Path,
@@ -43,16 +111,12 @@ class OrtEngine:
         name: str = "ort-fp32",
         threads: int | None = None,
         providers: list[str] | None = None,
+        optimized: Path | None = None,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
-        chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
+        chosen = [p for p in (providers or default_providers()) if p in available] or [CPU]
         self._name = name
-        self.session = ort.InferenceSession(str(model_path), options, providers=chosen)
-        self._outputs = ["fgr", "pha", "r1o", "r2o", "r3o", "r4o"]
+        self.session = create_session(Path(model_path), session_options(threads), chosen, optimized)
         logger.debug("ONNX Runtime session for %s on %s", model_path, chosen)
 
     @property
@@ -69,5 +133,5 @@ class OrtEngine:
             state = OrtState(zero, zero, zero, zero)
         feeds = {"src": src, "downsample_ratio": np.array([ratio], np.float32)}
         feeds.update(zip(STATE_INPUTS, state, strict=True))
-        fgr, pha, r1, r2, r3, r4 = self.session.run(self._outputs, feeds)
+        fgr, pha, r1, r2, r3, r4 = self.session.run(list(OUTPUTS), feeds)
         return EngineOutput(fgr, pha, OrtState(r1, r2, r3, r4))

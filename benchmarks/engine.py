@@ -1,0 +1,318 @@
+"""The deployed int8 engine against ORT FP32 and ORT's own quantize_static, in one run.
+
+Speed: ONNX Runtime FP32 on the published graph, ONNX Runtime int8 on the graph that
+`onnxruntime.quantization.quantize_static` makes of it (MinMax, QDQ, per-channel int8
+weights, uint8 activations, calibrated on the 120 frames of the sample clip with the FP32
+states carried; what a user would pick instead; cached), and our engine for an artifact
+(`ptq4vm_core.engine.int8_engine`), at 512x288 ds 1, 640x360 ds 1, 1280x720 ds 0.375 and
+1920x1080 ds 0.25. The engines are interleaved over rounds (state carried, sample-clip frames
+resized), so machine noise hits all alike; medians of the rounds, ratios against FP32.
+
+Quality: on the evaluation clips with exact ground truth (`calib.evalclips`), MAD etc. of FP32,
+quantize_static, our int8 engine and the simulation it deploys, beside each other. Parity: our
+engine against the simulation over the sample clip, and, for scale, how far the simulation
+itself moves when every conv output gets float-rounding-sized noise (1e-6 relative).
+
+    python benchmarks/engine.py [--artifact DIR] [--rounds 3] [--frames 30]
+        [--parity-artifacts DIR ...] [--skip-quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import onnx
+import torch
+from numpy.typing import NDArray
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from ptq4vm_core.artifact import load_artifact, read_manifest
+from ptq4vm_core.assets import sample_clip_path, weights_path
+from ptq4vm_core.bench import bench_frames, run_benchmark
+from ptq4vm_core.calib.evalclips import build_eval_clips
+from ptq4vm_core.engine import Engine, load_engine
+from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.ort_engine import OrtEngine, default_threads
+from ptq4vm_core.engine.rvm_graph import prepare
+from ptq4vm_core.engine.torch_engine import TorchEngine
+from ptq4vm_core.evaluate import evaluate_clips
+from ptq4vm_core.io.metrics import METRIC_NAMES
+from ptq4vm_core.io.video import iter_frames
+from ptq4vm_core.paths import cache_root
+from ptq4vm_core.quant.model import quant_layers
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+CASES = [("512x288", 1.0), ("640x360", 1.0), ("1280x720", 0.375), ("1920x1080", 0.25)]
+DEFAULT_ARTIFACT = cache_root() / "bench" / "baselines" / "qdrop-w8a8-standard"
+QS_MODEL = cache_root() / "bench" / "engine" / "rvm-quantize-static-minmax-qdq.onnx"
+ENGINES = ("fp32", "quantize_static", "ours")
+ZERO = np.zeros((1, 1, 1, 1), np.float32)
+
+
+class ClipReader(CalibrationDataReader):  # type: ignore[misc]
+    """The sample clip's frames with the FP32 model's states, as quantize_static's feeds."""
+
+    def __init__(self) -> None:
+        fp32 = OrtEngine(weights_path())
+        self.feeds: list[dict[str, NDArray[np.float32]]] = []
+        state: Any = None
+        for frame in iter_frames(sample_clip_path()):
+            src = frames_to_batch([frame])
+            states = state or (ZERO, ZERO, ZERO, ZERO)
+            feed = {"src": src, "downsample_ratio": np.ones(1, np.float32)}
+            feed.update({f"r{k}i": states[k - 1] for k in range(1, 5)})
+            self.feeds.append(feed)
+            state = fp32.infer(src, state, 1.0).state
+        self._iter: Iterator[dict[str, NDArray[np.float32]]] = iter(self.feeds)
+
+    def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+        return next(self._iter, None)
+
+
+def quantize_static_model() -> Path:
+    """ORT's quantize_static of the published graph (at opset 17: per-channel QDQ needs >= 13)."""
+    if QS_MODEL.is_file():
+        return QS_MODEL
+    QS_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    source = QS_MODEL.with_suffix(".fp32.onnx")
+    onnx.save(prepare(onnx.load(str(weights_path()))), str(source))
+    tmp = QS_MODEL.with_suffix(".tmp.onnx")
+    quantize_static(
+        str(source), str(tmp), ClipReader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )  # fmt: skip
+    tmp.replace(QS_MODEL)
+    source.unlink()
+    return QS_MODEL
+
+
+def speed(engines: dict[str, Engine], rounds: int, frames: int) -> list[dict[str, Any]]:
+    clip = [f for _, f in zip(range(30), iter_frames(sample_clip_path()), strict=False)]
+    rows = []
+    for size, ratio in CASES:
+        width, height = (int(v) for v in size.split("x"))
+        data = bench_frames(clip, width, height, frames)
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
+        for _ in range(rounds):
+            for key, engine in engines.items():
+                runs[key].append(run_benchmark(engine, data, ratio, warmup=3).as_dict())
+        row: dict[str, Any] = {"size": size, "downsample_ratio": ratio}
+        for key in engines:
+            for stat in ("fps", "ms_p50", "ms_p99"):
+                row[f"{key}_{stat}"] = statistics.median(float(r[stat]) for r in runs[key])
+            row[f"{key}_fps_rounds"] = [round(float(r["fps"]), 2) for r in runs[key]]
+            row[f"{key}_over_fp32"] = row[f"{key}_fps"] / row["fp32_fps"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def alpha_diffs(a: Engine, b: Engine, count: int = 120) -> NDArray[np.float64]:
+    """Per frame mean and max |alpha_a - alpha_b| over the sample clip at ratio 1, [count, 2]."""
+    state_a = state_b = None
+    out = []
+    for _, frame in zip(range(count), iter_frames(sample_clip_path()), strict=False):
+        src = frames_to_batch([frame])
+        ra, rb = a.infer(src, state_a, 1.0), b.infer(src, state_b, 1.0)
+        state_a, state_b = ra.state, rb.state
+        diff = np.abs(ra.pha - rb.pha)
+        out.append((float(diff.mean()), float(diff.max())))
+    return np.asarray(out)
+
+
+def noisy_simulation(artifact: Path) -> TorchEngine:
+    """The simulation with 1e-6 relative Gaussian noise on every conv output: the size of
+    the difference another runtime's float summation order makes."""
+    model = copy.deepcopy(load_artifact(artifact).model)
+    generator = torch.Generator().manual_seed(0)
+
+    def noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return output * (1 + 1e-6 * torch.randn(output.shape, generator=generator))
+
+    for layer in quant_layers(model).values():
+        layer.register_forward_hook(noise)
+    return TorchEngine(model, name="sim-noisy")
+
+
+def parity(artifact: Path) -> dict[str, Any]:
+    deployed, sim = load_engine(str(artifact)), load_engine(str(artifact), "sim")
+    d = alpha_diffs(deployed, sim)
+    own = alpha_diffs(sim, noisy_simulation(artifact))
+    return {
+        "artifact": artifact.name,
+        "bits": read_manifest(artifact).bits,
+        "mean": float(d[:, 0].mean()),
+        "max": float(d[:, 1].max()),
+        "first20": float(d[:20, 0].mean()),
+        "last20": float(d[-20:, 0].mean()),
+        "sim_noise_mean": float(own[:, 0].mean()),
+    }
+
+
+def quality(engines: dict[str, Engine]) -> dict[str, dict[str, float]]:
+    clips = build_eval_clips(engines["fp32"], sample_clip_path(), cache_root() / "evalclips")
+    return {k: evaluate_clips(e, clips, reference=engines["fp32"]) for k, e in engines.items()}
+
+
+def write(meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows, **extra}, indent=2))
+    lines = [
+        "# Deployed int8 engine vs ORT FP32 and ORT quantize_static",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}, "
+        f"{meta['threads']} threads, onnxruntime {meta['onnxruntime']}). Ours: artifact "
+        f"`{meta['artifact']}` ({meta['bits']}) on `{meta['engine']}`. Medians of "
+        f"{meta['rounds']} interleaved rounds of {meta['frames']} frames, recurrent state "
+        "carried; ratios are fps against ORT FP32 measured in the same rounds. "
+        f"{meta['note']}",
+        "",
+        "| size | ds | FP32 fps | quantize_static fps | ours fps | quantize_static / FP32 "
+        "| ours / FP32 | ours / quantize_static | ours p50 ms | ours p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['downsample_ratio']} | {r['fp32_fps']:.1f} | "
+            f"{r['quantize_static_fps']:.1f} | {r['ours_fps']:.1f} | "
+            f"{r['quantize_static_over_fp32']:.2f}x | {r['ours_over_fp32']:.2f}x | "
+            f"{r['ours_fps'] / r['quantize_static_fps']:.2f}x | {r['ours_ms_p50']:.1f} | "
+            f"{r['ours_ms_p99']:.1f} |"
+        )
+    lines += ["", "![fps](engine.png)", ""]
+    if "quality" in extra:
+        lines += [
+            "## Quality on the evaluation clips",
+            "",
+            "MAD and MSE x1e3, Grad and Conn /1e3, dtSSD x1e2; MAD vs FP32 = mean |alpha - FP32 "
+            "alpha| x1e3; mean over the clips built from the sample clip (`calib.evalclips`).",
+            "",
+            "| model | " + " | ".join(METRIC_NAMES) + " | MAD vs FP32 | MAD / FP32 MAD |",
+            "|---" * (len(METRIC_NAMES) + 3) + "|",
+        ]
+        fp32_mad = extra["quality"]["fp32"]["MAD"]
+        for key, m in extra["quality"].items():
+            cells = " | ".join(f"{m[k]:.3f}" for k in (*METRIC_NAMES, "MAD_vs_fp32"))
+            lines.append(f"| {key} | {cells} | {m['MAD'] / fp32_mad:.3f} |")
+        lines.append("")
+    if extra.get("parity"):
+        lines += [
+            "## Parity with the simulation",
+            "",
+            "Our engine against the PyTorch simulation of the same artifact over the 120 frames "
+            "of the sample clip at ratio 1, state carried (|alpha diff|, x255 = alpha levels). "
+            "`sim vs noisy sim`: the simulation against itself with 1e-6 relative noise on every "
+            "conv output, i.e. how much float summation order alone moves this model.",
+            "",
+            "| artifact | bits | mean x255 | max | first 20 x255 | last 20 x255 "
+            "| sim vs noisy sim x255 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in extra["parity"]:
+            lines.append(
+                f"| {p['artifact']} | {p['bits']} | {255 * p['mean']:.2f} | {p['max']:.3f} | "
+                f"{255 * p['first20']:.2f} | {255 * p['last20']:.2f} | "
+                f"{255 * p['sim_noise_mean']:.2f} |"
+            )
+        lines.append("")
+    (OUT / "engine.md").write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.27
+    labels = ["FP32", "quantize_static", "ours"]
+    for i, key in enumerate(ENGINES):
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        bars = ax.bar(xs, [r[f"{key}_fps"] for r in rows], width, label=labels[i])
+        if key != "fp32":
+            ax.bar_label(bars, [f"{r[f'{key}_over_fp32']:.2f}x" for r in rows], fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{r['size']}\nds {r['downsample_ratio']}" for r in rows])
+    ax.set_ylabel("frames per second")
+    ax.set_title(f"RVM on this CPU ({meta['threads']} threads): ratios vs ORT FP32")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "engine.png", dpi=120)
+    print(f"wrote {OUT / 'engine.md'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument(
+        "--parity-artifacts",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="artifacts to check against their simulation (default: --artifact)",
+    )
+    parser.add_argument("--skip-quality", action="store_true", help="speed only")
+    parser.add_argument("--note", default="", help="a remark for the report (e.g. machine load)")
+    args = parser.parse_args()  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    started = time.monotonic()
+    ours = load_engine(str(args.artifact))
+    engines: dict[str, Engine] = {
+        "fp32": load_engine("fp32"),
+        "quantize_static": OrtEngine(quantize_static_model(), name="ort-quantize-static"),
+        "ours": ours,
+    }
+    rows = speed(engines, args.rounds, args.frames)
+    extra: dict[str, Any] = {}
+    if not args.skip_quality:
+        # The simulation's speed does not matter here; one PyTorch thread keeps it from
+        # fighting ONNX Runtime's spinning pool for the two cores.
+        torch.set_num_threads(1)
+        extra["quality"] = quality(
+            {**engines, "ours (sim)": load_engine(str(args.artifact), "sim")}
+        )
+        extra["parity"] = [parity(a) for a in (args.parity_artifacts or [args.artifact])]
+    command = f"python benchmarks/engine.py --rounds {args.rounds} --frames {args.frames}"
+    if args.artifact != DEFAULT_ARTIFACT:
+        command += f" --artifact {args.artifact}"
+    if args.parity_artifacts:
+        command += " --parity-artifacts " + " ".join(str(a) for a in args.parity_artifacts)
+    if args.skip_quality:
+        command += " --skip-quality"
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "threads": default_threads(),
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "artifact": args.artifact.name,
+        "bits": read_manifest(args.artifact).bits,
+        "engine": ours.name,
+        "rounds": args.rounds,
+        "frames": args.frames,
+        "command": command,
+        "note": args.note,
+        "seconds": round(time.monotonic() - started),
+    }
+    write(meta, rows, extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+// PTQ4VM browser client: camera (or a video file) -> JPEG frames over /v1/stream -> mattes
+// composited live over a blurred, coloured or image background. No build step.
+// Protocol: DESIGN 4.3 / docs/server.md. Test hooks: window.ptq4vm and body[data-state].
+
+const WINDOW = 2;             // frames in flight; the server drops older waiting frames anyway
+const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const output = $("output");
+const out = output.getContext("2d");
+const capture = document.createElement("canvas");
+const cap = capture.getContext("2d", { willReadFrequently: true });
+const fg = document.createElement("canvas");
+const fgx = fg.getContext("2d", { willReadFrequently: true });
+
+// Everything the page knows, also read by the end-to-end test.
+const state = {
+  state: "idle", session: null, model: null, width: 0, height: 0,
+  sent: 0, mattes: 0, dropped: 0, latencyMs: null, fps: 0, reconnects: 0, error: null,
+};
+window.ptq4vm = state;
+// Simulates a network failure (a close the server did not ask for): for tests and demos.
+state.dropConnection = () => ws?.close(4000, "dropped by the page");
+
+let ws = null;
+let running = false;
+let nextSeq = 0;
+const pending = new Map();    // seq -> {bitmap, sentAt}: frames awaiting their matte
+let header = null;            // the matte message whose binary payload comes next
+let bgImage = null;
+let retry = 0;
+let matteTimes = [];
+
+function setState(name, detail) {
+  state.state = name;
+  document.body.dataset.state = name;
+  const el = $("status");
+  el.className = `status ${name}`;
+  el.textContent = detail ? `${name}: ${detail}` : name;
+}
+
+function showError(message) {
+  state.error = message;
+  const el = $("error");
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+function streamUrl() {
+  const params = new URLSearchParams(location.search);
+  const base = params.get("server") ||
+    `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream`;
+  return state.session ? `${base}?session=${encodeURIComponent(state.session)}` : base;
+}
+
+async function openSource() {
+  const source = document.querySelector('input[name="source"]:checked').value;
+  if (source === "file") {
+    const file = $("video-file").files[0];
+    if (!file) throw new Error("choose a video file first");
+    video.srcObject = null;
+    video.src = URL.createObjectURL(file);
+    video.loop = true;
+  } else {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      throw new Error("this browser gives no camera access here (needs https or localhost)");
+    }
+    video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  }
+  await video.play();
+  if (!video.videoWidth) await new Promise((r) => video.addEventListener("loadedmetadata", r, { once: true }));
+  const maxSide = Number($("max-side").value) || 640;
+  const scale = Math.min(1, maxSide / Math.max(video.videoWidth, video.videoHeight));
+  state.width = Math.max(2, Math.round((video.videoWidth * scale) / 2) * 2);
+  state.height = Math.max(2, Math.round((video.videoHeight * scale) / 2) * 2);
+  for (const c of [capture, fg, output]) { c.width = state.width; c.height = state.height; }
+}
+
+function connect() {
+  setState(state.session ? "reconnecting" : "connecting");
+  header = null;
+  pending.clear();
+  const socket = new WebSocket(streamUrl());
+  socket.binaryType = "arraybuffer";
+  ws = socket;
+  socket.onopen = () => socket.send(JSON.stringify({
+    type: "start", width: state.width, height: state.height,
+    input: "jpeg", output: "alpha_raw", downsample_ratio: null, model: null,
+  }));
+  socket.onmessage = (event) => { if (socket === ws) onMessage(event.data); };
+  socket.onclose = (event) => { if (socket === ws) onClose(event); };
+}
+
+function onMessage(data) {
+  if (typeof data !== "string") {
+    if (header) onMatte(header, new Uint8Array(data));
+    header = null;
+    return;
+  }
+  const msg = JSON.parse(data);
+  if (msg.type === "started") {
+    if (state.session && !msg.resumed) showError("the session had expired; a new one started");
+    else showError("");
+    state.session = msg.session;
+    state.model = msg.model;
+    nextSeq = msg.next_seq ?? 0;
+    retry = 0;
+    $("session").textContent = msg.session.slice(0, 8);
+    $("model").textContent = msg.model;
+    setState("streaming");
+    pump();
+  } else if (msg.type === "matte") {
+    header = msg;
+  } else if (msg.type === "error") {
+    if (msg.seq !== undefined) pending.delete(msg.seq);
+    showError(`${msg.code}: ${msg.message}`);
+    pump();
+  }
+}
+
+function onClose(event) {
+  ws = null;
+  if (!running) { setState("idle"); return; }
+  if (event.code === 1008 || event.code === 1003) {  // the server refuses what we send
+    setState("disconnected", `closed ${event.code}`);
+    showError(`the server closed the stream (${event.code}) ${event.reason || ""}`);
+    return;
+  }
+  const delay = RETRY_MS[Math.min(retry, RETRY_MS.length - 1)];
+  retry += 1;
+  state.reconnects += 1;
+  setState("disconnected", `retrying in ${(delay / 1000).toFixed(1)} s`);
+  setTimeout(() => { if (running && !ws) connect(); }, delay);
+}
+
+// Send the current video frame when fewer than WINDOW are in flight.
+async function pump() {
+  while (running && ws && ws.readyState === WebSocket.OPEN && state.state === "streaming" &&
+         pending.size < WINDOW) {
+    cap.drawImage(video, 0, 0, state.width, state.height);
+    const seq = nextSeq++;
+    const entry = { bitmap: null, sentAt: 0 };
+    pending.set(seq, entry);
+    const [bitmap, blob] = await Promise.all([
+      createImageBitmap(capture),
+      new Promise((r) => capture.toBlob(r, "image/jpeg", Number($("quality").value) || 0.85)),
+    ]);
+    entry.bitmap = bitmap;
+    if (!ws || ws.readyState !== WebSocket.OPEN || !pending.has(seq)) return;
+    entry.sentAt = performance.now();
+    ws.send(await blob.arrayBuffer());
+    state.sent += 1;
+  }
+}
+
+function onMatte(msg, alpha) {
+  for (const seq of msg.dropped || []) {
+    pending.get(seq)?.bitmap?.close();
+    pending.delete(seq);
+  }
+  state.dropped += (msg.dropped || []).length;
+  const entry = pending.get(msg.seq);
+  pending.delete(msg.seq);
+  pump();
+  if (!entry || !entry.bitmap) return;
+  const now = performance.now();
+  state.latencyMs = now - entry.sentAt;
+  state.mattes += 1;
+  state.model = msg.model;
+  matteTimes.push(now);
+  matteTimes = matteTimes.filter((t) => now - t < 1000);
+  state.fps = matteTimes.length;
+  composite(entry.bitmap, alpha, msg.width, msg.height);
+  entry.bitmap.close();
+  $("fps").textContent = state.fps.toFixed(0);
+  $("latency").textContent = state.latencyMs.toFixed(0);
+  $("drops").textContent = String(state.dropped);
+  $("model").textContent = msg.model;
+}
+
+function drawBackground(frame) {
+  const mode = document.querySelector('input[name="background"]:checked').value;
+  const { width, height } = output;
+  if (mode === "colour") {
+    out.fillStyle = $("bg-colour").value;
+    out.fillRect(0, 0, width, height);
+  } else if (mode === "image" && bgImage) {
+    out.drawImage(bgImage, 0, 0, width, height);
+  } else {
+    out.filter = `blur(${Math.max(4, Math.round(width / 60))}px)`;
+    out.drawImage(frame, 0, 0, width, height);
+    out.filter = "none";
+  }
+}
+
+// The frame with the matte as its alpha channel, drawn over the background.
+function composite(frame, alpha, width, height) {
+  fgx.drawImage(frame, 0, 0, width, height);
+  const pixels = fgx.getImageData(0, 0, width, height);
+  const rgba = pixels.data;
+  for (let i = 0, j = 3; i < alpha.length; i += 1, j += 4) rgba[j] = alpha[i];
+  fgx.putImageData(pixels, 0, 0);
+  drawBackground(frame);
+  out.drawImage(fg, 0, 0);
+}
+
+async function start() {
+  showError("");
+  $("start").disabled = true;
+  try {
+    await openSource();
+  } catch (err) {
+    showError(`cannot open the source: ${err.message || err}`);
+    $("start").disabled = false;
+    return;
+  }
+  running = true;
+  state.session = null;
+  $("stop").disabled = false;
+  connect();
+}
+
+function stop() {
+  running = false;
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
+  video.pause();
+  video.srcObject?.getTracks().forEach((t) => t.stop());
+  $("start").disabled = false;
+  $("stop").disabled = true;
+  setState("idle");
+}
+
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);
+$("bg-image").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  bgImage = file ? await createImageBitmap(file) : null;
+  if (bgImage) document.querySelector('input[name="background"][value="image"]').checked = true;
+});
+// A dropped socket that the browser has not noticed yet: resume when the tab comes back.
+window.addEventListener("online", () => { if (running && !ws) connect(); });
+if (new URLSearchParams(location.search).has("autostart")) start();

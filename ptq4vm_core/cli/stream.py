@@ -1,0 +1,164 @@
+"""`ptq4vm stream`: send a video or frame directory to a running server over `/v1/stream`.
+
+Uses the Python client (`clients/python`, package `ptq4vm_client`), imported when the command
+runs so that the rest of the CLI works without it. Prints achieved fps, latency percentiles and
+drops at the end; with `--alpha-out` writes one alpha frame per input frame (a frame the server
+dropped gets the previous matte, as a real-time consumer would show).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import numpy as np
+import typer
+
+from ptq4vm_core.cli.common import console, progress_bar, user_errors
+from ptq4vm_core.io.video import FrameWriter, iter_frames, open_writer, probe
+
+if TYPE_CHECKING:
+    from ptq4vm_client import AsyncStream
+
+FrameFormat = Literal["png", "jpeg", "rgb24"]
+
+
+@dataclass
+class _Outcome:
+    frames: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    dropped: int = 0
+    lost: int = 0
+    errors: int = 0
+    model: str = ""
+    session: str = ""
+    seconds: float = 0.0
+
+
+def stream_command(
+    input: Annotated[Path, typer.Argument(help="Video file or directory of PNG/JPG frames.")],
+    url: Annotated[str, typer.Option(help="The server's stream, ws://HOST:PORT/v1/stream.")],
+    alpha_out: Annotated[Path | None, typer.Option(help="Alpha: video file or PNG dir.")] = None,
+    downsample: Annotated[
+        float | None,
+        typer.Option(help="Network resolution as a fraction of the input (default: ~512 px)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Version to use (default: active).")] = None,
+    window: Annotated[
+        int, typer.Option(min=1, help="Frames in flight; 1 = lockstep, nothing dropped.")
+    ] = 1,
+    frame_format: Annotated[
+        str, typer.Option(help="How frames travel: png (lossless), jpeg or rgb24.")
+    ] = "png",
+) -> None:
+    """Stream INPUT to a server and report fps, latency p50/p99 and drops."""
+    try:
+        import ptq4vm_client
+    except ImportError:
+        console.print(
+            "[bold red]error:[/] `ptq4vm stream` needs the Python client: "
+            "pip install -e clients/python (done by `make setup`)",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
+    with user_errors():
+        if frame_format not in ("png", "jpeg", "rgb24"):
+            raise ValueError(f"--frame-format must be png, jpeg or rgb24, got {frame_format!r}")
+        info = probe(input)
+        stream = ptq4vm_client.AsyncStream(
+            url,
+            width=info.width,
+            height=info.height,
+            input=frame_format,  # type: ignore[arg-type]  # checked above
+            output="alpha_png",
+            downsample_ratio=downsample,
+            model=model,
+            window=window,
+        )
+        with ExitStack() as stack, progress_bar(transient=True) as progress:
+            writer = None
+            if alpha_out is not None:
+                writer = stack.enter_context(
+                    open_writer(
+                        alpha_out, "alpha", width=info.width, height=info.height, fps=info.fps
+                    )
+                )
+            task = progress.add_task("stream", total=info.frame_count)
+            try:
+                outcome = asyncio.run(
+                    _stream(stream, input, writer, lambda: progress.advance(task))
+                )
+            except ptq4vm_client.Ptq4vmError as exc:
+                console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                raise typer.Exit(1) from None
+    typer.echo(_summary(outcome))
+
+
+async def _stream(
+    stream: AsyncStream, input: Path, writer: FrameWriter | None, advance: Callable[[], None]
+) -> _Outcome:
+    """Sends every frame (encoded in a worker thread) while the mattes are read and written."""
+    from ptq4vm_client import FrameError, MattesLostError, StreamEndedError
+
+    outcome = _Outcome()
+    frames = iter_frames(input)
+    started = time.monotonic()
+    async with stream:
+        outcome.model, outcome.session = stream.started.model, stream.started.session
+
+        async def produce() -> int:
+            sent = 0
+            while (frame := await asyncio.to_thread(next, frames, None)) is not None:
+                await stream.send(await asyncio.to_thread(stream.encode, frame))
+                sent += 1
+            await stream.stop()
+            return sent
+
+        producer = asyncio.create_task(produce())
+        previous = np.zeros((stream.height, stream.width), np.uint8)
+        written = 0
+        while True:
+            try:
+                matte = await stream.recv()
+            except MattesLostError as exc:
+                outcome.lost += len(exc.seqs)
+                continue
+            except FrameError as exc:
+                console.print(f"[yellow]warning:[/] {exc}", highlight=False)
+                continue
+            except StreamEndedError:
+                break
+            outcome.latencies_s.append(matte.latency_s)
+            outcome.dropped += len(matte.dropped)
+            if writer is not None:
+                # Frames without a matte (dropped, lost) repeat the last one shown.
+                for _ in range(written, matte.seq):
+                    writer.write(previous)
+                writer.write(matte.alpha)
+            for _ in range(matte.seq + 1 - written):
+                advance()
+            previous, written = matte.alpha, matte.seq + 1
+        outcome.frames = await producer
+        if writer is not None:
+            for _ in range(written, outcome.frames):
+                writer.write(previous)
+        outcome.errors = stream.stats.frame_errors
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _summary(outcome: _Outcome) -> str:
+    matted = len(outcome.latencies_s)
+    ms = np.percentile(np.asarray(outcome.latencies_s) * 1e3, [50, 99]) if matted else [0.0, 0.0]
+    fps = matted / outcome.seconds if outcome.seconds > 0 else 0.0
+    return (
+        f"{outcome.frames} frames sent, {matted} matted by {outcome.model} "
+        f"(session {outcome.session}) in {outcome.seconds:.2f} s: {fps:.1f} fps, "
+        f"latency p50 {ms[0]:.1f} ms p99 {ms[1]:.1f} ms, dropped {outcome.dropped}, "
+        f"lost {outcome.lost}, errors {outcome.errors}"
+    )

@@ -1,0 +1,222 @@
+"""Artifact -> ONNX QDQ graph that ONNX Runtime runs on int8 kernels.
+
+The exported graph is the published RVM graph (its resize and refiner arithmetic are what the
+runtime already matches) with the artifact's quantization written in (`qdq`) and rewrites
+that keep its float function (`rvm_graph`). Opset 17; inputs src, r1i..r4i, downsample_ratio
+and outputs fgr, pha, r1o..r4o as in the published model.
+
+What runs in integer (after ONNX Runtime fuses the Q/DQ pairs):
+  every quantized conv except the stem and the refiner's box filter: uint8 activations x int8
+  weights with int32 accumulation (QLinearConv; the 3x3 convs of the decoder and output block
+  included), its ReLU folded into the requantization; the decoder's crop and concatenation of
+  upsampled features, skip features and image pyramid (uint8 Slice/QLinearConcat).
+What runs in float:
+  the stem conv and the box filter (as float convs on the dequantized int8 operands, see
+  `qdq.FLOAT_OUTPUT_LAYERS`), all resizes (the runtime has no 8-bit bilinear resize), the image
+  pyramid, hard-swish, SE gates, sigmoid/tanh and the GRU state update, the residual adds, the
+  guided filter's statistics, and the whole full-resolution tail (upsampling A and b, A*x + b,
+  clipping). Float is what the simulation computes there too; the only grids that the
+  simulation does not have are the 8-bit grids on conv outputs that feed float ops
+  (`qdq.OutputPoint`), calibrated MinMax on the sample clip at export time.
+
+Two graphs are written per artifact: the general one and one specialised for downsample
+ratio 1 (identity resizes removed); see `rvm_graph`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ptq4vm_core.artifact.layout import MODEL_NAME, architecture
+from ptq4vm_core.artifact.manifest import TENSORS_FILE
+from ptq4vm_core.artifact.verify import Verified, verify
+from ptq4vm_core.assets import RVM_WEIGHTS, sample_clip_path, weights_path
+from ptq4vm_core.engine import qdq, rvm_graph
+from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.graph import GraphEditor
+from ptq4vm_core.io.video import iter_frames
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1  # bump when the exported graph changes for the same artifact
+GENERAL = "rvm-int8.onnx"
+FULL_RESOLUTION = "rvm-int8-ds1.onnx"
+REPORT = "export.json"
+STATE_ZERO = np.zeros((1, 1, 1, 1), np.float32)
+
+
+@dataclass(frozen=True)
+class RangeCalibration:
+    """How the added output grids are observed: the first `frames` frames of the sample clip
+    at its own size (176x144), downsample ratio 1, state carried."""
+
+    frames: int = 48
+
+
+@dataclass(frozen=True)
+class ExportedGraphs:
+    """An export: the general graph, the ratio-1 graph and the export report (JSON object)."""
+
+    directory: Path
+    general: Path
+    full_resolution: Path
+    report: dict[str, Any]
+
+
+def rewritten_graph(
+    *, full_resolution: bool = False, root: Path | None = None
+) -> tuple[GraphEditor, dict[str, rvm_graph.ConvSite]]:
+    """The published FP32 graph after the `rvm_graph` rewrites (still float), and its convs."""
+    editor = GraphEditor(rvm_graph.prepare(onnx.load(str(weights_path(root)))))
+    sites = rvm_graph.conv_sites(editor, list(architecture(MODEL_NAME).convs))
+    rvm_graph.drop_identity_split_concat(editor)
+    rvm_graph.merge_box_filters(editor, sites)
+    rvm_graph.split_refiner_output(editor)
+    if full_resolution:
+        rvm_graph.specialise_full_resolution(editor)
+    for site in sites.values():
+        rvm_graph.pad_concat_conv(editor, site)
+    return editor, sites
+
+
+def build_graph(
+    verified: Verified,
+    *,
+    full_resolution: bool = False,
+    ranges: dict[str, tuple[float, float]] | None = None,
+    root: Path | None = None,
+) -> tuple[onnx.ModelProto, list[qdq.OutputPoint]]:
+    """The QDQ graph of a verified artifact and its output points. Without `ranges` the
+    points stay float (the graph then computes what the simulation does, on float kernels);
+    with them each point gets its 8-bit grid. `root`: the cache root holding the weights."""
+    manifest = verified.manifest
+    if manifest.model != MODEL_NAME:
+        raise qdq.ExportError(f"the exporter knows {MODEL_NAME!r}, not {manifest.model!r}")
+    if manifest.base_weights_sha256 != RVM_WEIGHTS.sha256:
+        raise qdq.ExportError(
+            f"the artifact was calibrated from weights {manifest.base_weights_sha256[:12]}..., "
+            f"this exporter builds on the published RVM graph {RVM_WEIGHTS.sha256[:12]}..."
+        )
+    editor, sites = rewritten_graph(full_resolution=full_resolution, root=root)
+    ordered = list(sites.values())
+    qdq.quantize_convs(editor, ordered, verified)
+    points = qdq.output_points(editor, ordered, verified)
+    if ranges is not None:
+        qdq.requantize_outputs(editor, points, ranges)
+    model = editor.to_model()
+    model.producer_name = "ptq4vm"
+    helper.set_model_props(
+        model,
+        {
+            "ptq4vm.artifact": manifest.version_name,
+            "ptq4vm.bits": manifest.bits,
+            "ptq4vm.tensors_sha256": manifest.files[TENSORS_FILE],
+            "ptq4vm.export_version": str(EXPORT_VERSION),
+            "ptq4vm.full_resolution": str(full_resolution).lower(),
+        },
+    )
+    onnx.checker.check_model(model)
+    return model, points
+
+
+def observe_ranges(
+    model: onnx.ModelProto,
+    points: list[qdq.OutputPoint],
+    calibration: RangeCalibration,
+    root: Path | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Min and max of every point's tensor over the calibration frames."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for point in points:
+        probe.graph.output.append(
+            helper.make_tensor_value_info(point.tensor, onnx.TensorProto.FLOAT, None)
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    ranges = {p.tensor: (np.inf, -np.inf) for p in points}
+    state = [STATE_ZERO] * 4
+    frames = iter_frames(sample_clip_path(root))
+    for _, frame in zip(range(calibration.frames), frames, strict=False):
+        feeds = {"src": frames_to_batch([frame]), "downsample_ratio": np.ones(1, np.float32)}
+        feeds.update({f"r{k}i": state[k - 1] for k in range(1, 5)})
+        values = dict(zip(names, session.run(None, feeds), strict=True))
+        state = [values[f"r{k}o"] for k in range(1, 5)]
+        for tensor, (lo, hi) in ranges.items():
+            x = values[tensor]
+            ranges[tensor] = (min(lo, float(x.min())), max(hi, float(x.max())))
+    return ranges
+
+
+def export_artifact(
+    artifact: Path,
+    out_dir: Path,
+    calibration: RangeCalibration | None = None,
+    *,
+    root: Path | None = None,
+) -> ExportedGraphs:
+    """Writes both graphs and `export.json` into `out_dir` (created; must not exist), through a
+    temporary directory renamed into place, so a reader sees a complete export or none."""
+    started = time.monotonic()
+    calibration = calibration or RangeCalibration()
+    verified = verify(Path(artifact))
+    float_points, points = build_graph(verified, root=root)
+    ranges = observe_ranges(float_points, points, calibration, root)
+    general, _ = build_graph(verified, ranges=ranges, root=root)
+    full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root)
+    manifest = verified.manifest
+    report = {
+        "export_version": EXPORT_VERSION,
+        "artifact": manifest.version_name,
+        "bits": manifest.bits,
+        "tensors_sha256": manifest.files[TENSORS_FILE],
+        "onnxruntime": ort.__version__,
+        "opset": rvm_graph.OPSET,
+        "calibration": {"clip": "sample", "frames": calibration.frames, "ratio": 1.0},
+        "float_output_layers": qdq.FLOAT_OUTPUT_LAYERS,
+        "output_grids": {
+            p.tensor: {"layer": p.layer, "min": ranges[p.tensor][0], "max": ranges[p.tensor][1]}
+            for p in points
+        },
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        _write(tmp / GENERAL, general.SerializeToString())
+        _write(tmp / FULL_RESOLUTION, full.SerializeToString())
+        _write(tmp / REPORT, (json.dumps(report, indent=2) + "\n").encode())
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "exported %s (%s) to %s in %.1f s: %d added output grids",
+        manifest.version_name, manifest.bits, out_dir, report["seconds"], len(points),
+    )  # fmt: skip
+    return ExportedGraphs(out_dir, out_dir / GENERAL, out_dir / FULL_RESOLUTION, report)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with path.open("xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,74 @@
+"""The deployed engine of a quantized artifact: ONNX Runtime on its exported int8 QDQ graph."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.cache import cached_export, optimized_path
+from ptq4vm_core.engine.export import ExportedGraphs
+from ptq4vm_core.engine.ort_engine import (
+    OrtEngine,
+    OrtState,
+    default_providers,
+    hardware_tag,
+)
+from ptq4vm_core.model.matting import check_downsample_ratio
+
+logger = logging.getLogger(__name__)
+
+
+class QuantizedOrtEngine:
+    """Runs an artifact on ONNX Runtime's int8 kernels (CPU; CUDA first where available).
+
+    The artifact is exported once per content (`cache.cached_export`); the ratio-1 graph is
+    used for downsample ratio exactly 1, the general graph otherwise (they compute the same
+    function, so a stream may change ratio without losing its state). Sessions are created on
+    first use and shared by all streams; the recurrent state is an `OrtState` passed in and
+    returned, as with `OrtEngine`.
+    """
+
+    def __init__(
+        self,
+        artifact: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        root: Path | None = None,
+        cache: Path | None = None,
+    ) -> None:
+        self.graphs: ExportedGraphs = cached_export(Path(artifact), root=root, cache=cache)
+        self._name = f"ort-int8-{self.graphs.report['bits']}"
+        self._threads = threads
+        self._providers = providers or default_providers()
+        self._engines: dict[bool, OrtEngine] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def engine(self, full_resolution: bool) -> OrtEngine:
+        """The session for the ratio-1 graph (`full_resolution`) or the general graph."""
+        with self._lock:
+            if full_resolution not in self._engines:
+                started = time.monotonic()
+                graph = self.graphs.full_resolution if full_resolution else self.graphs.general
+                self._engines[full_resolution] = OrtEngine(
+                    graph,
+                    name=self._name,
+                    threads=self._threads,
+                    providers=self._providers,
+                    optimized=optimized_path(graph, hardware_tag(self._providers)),
+                )
+                logger.debug("session for %s in %.2f s", graph.name, time.monotonic() - started)
+            return self._engines[full_resolution]
+
+    def infer(
+        self, src: Float32Array, state: OrtState | None, downsample_ratio: float
+    ) -> EngineOutput:
+        ratio = check_downsample_ratio(downsample_ratio)
+        return self.engine(ratio == 1.0).infer(src, state, ratio)

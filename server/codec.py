@@ -1,0 +1,77 @@
+"""Frames in (JPEG, PNG, raw RGB) and mattes out (8-bit grey PNG, raw bytes). Pure functions,
+called from the inference workers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+
+InputFormat = Literal["jpeg", "png", "rgb24"]
+OutputFormat = Literal["alpha_png", "alpha_raw"]
+
+# Fast zlib level: a matte is sent in real time; size matters less than latency.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+
+
+class FrameError(ValueError):
+    """A frame cannot be used; the message says why and what was expected."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_image(data: bytes) -> NDArray[np.uint8]:
+    """PNG/JPEG (or anything OpenCV reads) -> [H,W,3] uint8 RGB; FrameError if undecodable."""
+    buffer = np.frombuffer(data, np.uint8)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if bgr is None:
+        raise FrameError("bad_frame", f"cannot decode {len(data)} bytes as a PNG or JPEG image")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDArray[np.uint8]:
+    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError."""
+    if fmt == "rgb24":
+        check_raw_size(data, width, height)
+        return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+    rgb = decode_image(data)
+    if rgb.shape[:2] != (height, width):
+        raise FrameError(
+            "wrong_size",
+            f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the session was started at "
+            f"{width}x{height}; start a new session for another size",
+        )
+    return rgb
+
+
+def check_raw_size(data: bytes, width: int, height: int) -> None:
+    expected = width * height * 3
+    if len(data) != expected:
+        raise FrameError(
+            "wrong_size",
+            f"rgb24 frame has {len(data)} bytes, a {width}x{height} frame has {expected} "
+            "(width*height*3, rows top to bottom, RGB)",
+        )
+
+
+def to_batch(rgb: NDArray[np.uint8]) -> Float32Array:
+    """[H,W,3] uint8 -> [1,3,H,W] float32 in [0,1]."""
+    return frames_to_batch([rgb])
+
+
+def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
+    """pha [1,H,W] float in [0,1] -> 8-bit grey PNG or H*W raw bytes (row-major)."""
+    alpha = alpha_to_uint8(pha)
+    if fmt == "alpha_raw":
+        return alpha.tobytes()
+    ok, png = cv2.imencode(".png", alpha, _PNG_PARAMS)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return png.tobytes()

@@ -1,0 +1,298 @@
+"""One WebSocket connection of `/v1/stream`, as an explicit state machine (DESIGN 4.3).
+
+    AWAITING_START --start--> STREAMING --stop--> STOPPING --> CLOSED
+          |                      |  frames, reset, ping
+          +--------- error / disconnect / idle ---------------> CLOSED
+
+A reader coroutine takes messages off the socket; one writer coroutine sends everything the
+session produces, so a matte's JSON and its binary payload always go out back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from enum import Enum
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.codec import FrameError
+from server.protocol import (
+    Close,
+    ProtocolError,
+    StartMessage,
+    error,
+    parse_control,
+    parse_start,
+)
+from server.registry import ModelLease, ModelUnavailableError
+from server.services import Services
+from server.sessions import Session
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(Enum):
+    AWAITING_START = "awaiting_start"
+    STREAMING = "streaming"
+    STOPPING = "stopping"
+    CLOSED = "closed"
+
+
+_Item = tuple[dict[str, Any] | None, bytes | None, tuple[int, str] | None]
+
+
+class Connection:
+    """Serves one socket; implements the session's `Outbox`."""
+
+    def __init__(self, websocket: WebSocket, services: Services, resume: str | None) -> None:
+        self.ws = websocket
+        self.services = services
+        self.settings = services.settings
+        self.resume_id = resume
+        self.phase = Phase.AWAITING_START
+        self.session: Session | None = None
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._closing = False
+
+    # Outbox -----------------------------------------------------------------------------------
+
+    def deliver(self, message: dict[str, Any], payload: bytes | None = None) -> None:
+        if not self._closing:
+            self._queue.put_nowait((message, payload, None))
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def take_over(self) -> None:
+        self._close(Close.GOING_AWAY, "session_resumed", "the session was resumed elsewhere")
+
+    # Life cycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            await self._read_loop()
+        finally:
+            if self.session is not None and self.session.outbox is self:
+                self.services.sessions.detach(self.session)
+            self.phase = Phase.CLOSED
+            self._close(Close.NORMAL, None, None)
+            await writer
+
+    def _close(self, code: Close, err: str | None, message: str | None) -> None:
+        """Queue an optional error message, then the close frame; nothing is sent after it."""
+        if self._closing:
+            return
+        if err is not None and message is not None:
+            self._queue.put_nowait((error(err, message), None, None))
+        self._queue.put_nowait((None, None, (int(code), message or "")))
+        self._closing = True
+        if code not in (Close.NORMAL, Close.GOING_AWAY):
+            self.services.metrics.sessions_refused.labels(code=str(int(code))).inc()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                message, payload, close = await self._queue.get()
+                if close is not None:
+                    # A close reason is limited to 123 bytes by RFC 6455.
+                    await self.ws.close(close[0], close[1].encode()[:120].decode(errors="ignore"))
+                    return
+                assert message is not None
+                await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+                if payload is not None:
+                    await self.ws.send_bytes(payload)
+                if self.session is not None and self.session.outbox is self:
+                    self.session.on_sent()
+        except Exception as exc:  # the peer is gone; the reader sees the disconnect
+            logger.debug("websocket send failed: %r", exc)
+            self._closing = True
+
+    async def _read_loop(self) -> None:
+        while not self._closing:
+            try:
+                async with asyncio.timeout(self.settings.idle_timeout_s):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                self._close(
+                    Close.GOING_AWAY,
+                    "idle_timeout",
+                    f"no message for {self.settings.idle_timeout_s:g} s (PTQ4VM_IDLE_TIMEOUT_S)",
+                )
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                if message.get("bytes") is not None:
+                    await self._on_frame(message["bytes"])
+                else:
+                    await self._on_text(message.get("text") or "")
+            except ProtocolError as exc:
+                if exc.close is None:
+                    self.deliver(error(exc.code, str(exc)))
+                else:
+                    self._close(exc.close, exc.code, str(exc))
+
+    # Messages ---------------------------------------------------------------------------------
+
+    async def _on_frame(self, data: bytes) -> None:
+        limit = self.settings.max_message_bytes
+        if len(data) > limit:
+            raise ProtocolError(
+                "too_big", f"message of {len(data)} bytes is over {limit}", Close.TOO_BIG
+            )
+        if self.phase is Phase.AWAITING_START and self.resume_id is not None:
+            session = self._resumable()
+            if session is not None:
+                # Resumed by its first frame: the client did not ask for `started`.
+                self._attach(session, announce=False)
+        if self.phase is not Phase.STREAMING or self.session is None:
+            raise ProtocolError(
+                "not_started",
+                f"binary frame in state {self.phase.value}; send a start message first",
+                Close.POLICY,
+            )
+        try:
+            self.session.offer(data)
+        except FrameError as exc:
+            self.services.metrics.frame_errors.labels(code=exc.code).inc()
+            self.deliver(error(exc.code, str(exc), seq=self.session.next_seq - 1))
+
+    async def _on_text(self, text: str) -> None:
+        obj = parse_control(text)
+        kind = obj["type"]
+        if kind == "ping":
+            self.deliver({"type": "pong", **({"id": obj["id"]} if "id" in obj else {})})
+        elif kind == "start":
+            if self.phase is not Phase.AWAITING_START:
+                raise ProtocolError(
+                    "already_started",
+                    f"start in state {self.phase.value}; one session per connection",
+                    Close.POLICY,
+                )
+            await self._start(parse_start(obj, self.settings.max_frame_side))
+        elif self.phase is not Phase.STREAMING or self.session is None:
+            raise ProtocolError(
+                "not_started", f"{kind} in state {self.phase.value}; expected start", Close.POLICY
+            )
+        elif kind == "reset":
+            await self._reset(self.session)
+        else:
+            await self._stop(self.session)
+
+    async def _start(self, start: StartMessage) -> None:
+        if self.resume_id is not None:
+            session = self._resumable()
+            if session is not None:
+                self._check_same(session, start)
+                self._attach(session, announce=True)
+                return
+        sessions = self.services.sessions
+        if not sessions.has_room():
+            raise self._at_capacity()
+        lease = await self._acquire(start.model)
+        if not sessions.has_room():  # filled while the model loaded
+            lease.release()
+            raise self._at_capacity()
+        ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+        session = Session(start, ratio, lease, self.services.scheduler, self.services.metrics)
+        self.session = session
+        sessions.add(session, self)
+        self.phase = Phase.STREAMING
+        self.deliver(session.describe(resumed=False))
+        logger.info(
+            "session %s started: %dx%d %s, model %s, ratio %g",
+            session.id,
+            start.width,
+            start.height,
+            start.input,
+            session.version,
+            ratio,
+        )
+
+    def _resumable(self) -> Session | None:
+        assert self.resume_id is not None
+        session = self.services.sessions.get(self.resume_id)
+        self.resume_id = None  # one try; otherwise a new session starts
+        if session is None:
+            return None
+        if session.outbox is None and not self.services.sessions.has_room():
+            raise self._at_capacity()
+        return session
+
+    def _attach(self, session: Session, *, announce: bool) -> None:
+        previous = session.outbox
+        self.services.sessions.attach(session, self)
+        if previous is not None and previous is not self:
+            previous.take_over()
+        self.session = session
+        self.phase = Phase.STREAMING
+        if announce:
+            self.deliver(session.describe(resumed=True))
+        logger.info("session %s resumed at seq %d", session.id, session.next_seq)
+
+    @staticmethod
+    def _check_same(session: Session, start: StartMessage) -> None:
+        theirs = (start.width, start.height, start.input, start.output)
+        ours = (
+            session.start.width,
+            session.start.height,
+            session.start.input,
+            session.start.output,
+        )
+        if theirs != ours:
+            raise ProtocolError(
+                "bad_start",
+                f"session {session.id} streams {ours[0]}x{ours[1]} {ours[2]} -> {ours[3]}; a "
+                f"resume must match it (got {theirs[0]}x{theirs[1]} {theirs[2]} -> {theirs[3]})",
+                Close.POLICY,
+            )
+
+    def _at_capacity(self) -> ProtocolError:
+        limit = self.services.sessions.max_sessions
+        return ProtocolError(
+            "at_capacity",
+            f"server at capacity ({limit} sessions); try again later",
+            Close.AT_CAPACITY,
+        )
+
+    async def _acquire(self, model: str | None) -> ModelLease:
+        registry = self.services.registry
+        try:
+            return await asyncio.to_thread(registry.acquire, model)
+        except ModelNotFoundError as exc:
+            raise ProtocolError("unknown_model", str(exc), Close.POLICY) from None
+        except ModelUnavailableError as exc:
+            raise ProtocolError("model_unavailable", str(exc), Close.INTERNAL) from None
+
+    async def _reset(self, session: Session) -> None:
+        lease = None
+        if session.follows_active and self.services.registry.active() != session.version:
+            try:
+                lease = await self._acquire(None)
+            except ProtocolError as exc:  # keep the old model rather than end the session
+                self.deliver(error(exc.code, f"{exc}; the session keeps {session.version}"))
+        session.reset(lease)
+
+    async def _stop(self, session: Session) -> None:
+        self.phase = Phase.STOPPING
+        await session.drain()
+        self.deliver(
+            {
+                "type": "stopped",
+                "session": session.id,
+                "frames": session.next_seq,
+                "matted": session.matted,
+                "dropped": session.dropped_total,
+            }
+        )
+        self.services.sessions.remove(session)
+        self.session = None
+        self._close(Close.NORMAL, None, "stopped")
+        logger.info("session %s stopped after %d frames", session.id, session.next_seq)

@@ -1,0 +1,299 @@
+"""Video jobs (`/v1/jobs`): a whole uploaded video matted to alpha, RGBA or a composite.
+
+Jobs run in their own worker threads (never on the event loop); their frames go through the
+shared `Scheduler` in its `batch` lane, so a job takes a bounded share of the inference
+workers and live sessions keep their frame rate. Results expire `ttl_s` after the job ends.
+Jobs live in memory: a restart forgets them (and removes their files once expired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, rgb_to_uint8
+from ptq4vm_core.io.video import (
+    FrameWriter,
+    composite,
+    iter_frames,
+    open_writer,
+    parse_background,
+    probe,
+)
+from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.metrics import Metrics
+from server.registry import ModelLease, ModelRegistry
+from server.scheduler import Done, Lane, Scheduler, Work
+
+logger = logging.getLogger(__name__)
+
+OutputKind = Literal["alpha", "rgba", "composite"]
+Container = Literal["mp4", "webm", "mov"]
+# What each output is written as: (writer kind, container choices, the first is the default).
+OUTPUTS: dict[str, tuple[Literal["alpha", "rgb", "rgba"], tuple[Container, ...]]] = {
+    "alpha": ("alpha", ("mp4", "webm", "mov")),
+    "rgba": ("rgba", ("webm", "mov")),
+    "composite": ("rgb", ("mp4", "webm", "mov")),
+}
+MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobsFullError(Exception):
+    """PTQ4VM_MAX_JOBS jobs are queued or running."""
+
+
+class JobCancelledError(Exception):
+    """The server shut down under a running job."""
+
+
+@dataclass
+class Job:
+    id: str
+    dir: Path
+    input: Path
+    output: OutputKind
+    container: Container
+    model: str | None
+    downsample_ratio: float | None
+    background: str
+    state: JobState = JobState.QUEUED
+    frames_done: int = 0
+    frames_total: int | None = None
+    version: str | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    expires: float | None = None
+
+    @property
+    def result(self) -> Path:
+        return self.dir / f"result.{self.container}"
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.container]
+
+    def describe(self) -> dict[str, Any]:
+        progress = None
+        if self.state is JobState.DONE:
+            progress = 1.0
+        elif self.frames_total:
+            progress = round(min(1.0, self.frames_done / self.frames_total), 4)
+        elif self.state is JobState.QUEUED:
+            progress = 0.0
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "progress": progress,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+            "output": self.output,
+            "container": self.container,
+            "model": self.version or self.model,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+            "expires": self.expires,
+            "result": f"/v1/jobs/{self.id}/result" if self.state is JobState.DONE else None,
+        }
+
+
+class JobManager:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        registry: ModelRegistry,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        workers: int = 1,
+        max_jobs: int = 16,
+        ttl_s: float = 3600.0,
+        nice: int = 0,
+    ) -> None:
+        self.root = root
+        self.ttl_s = ttl_s
+        self.max_jobs = max_jobs
+        self._registry = registry
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-job")
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nice = nice
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the loop the scheduler runs on; remove job files left over and expired."""
+        self._loop = loop
+        self.root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.ttl_s
+        for old in self.root.iterdir():
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def new_dir(self) -> tuple[str, Path]:
+        """A fresh job id and its directory (for the upload)."""
+        job_id = secrets.token_urlsafe(12)
+        path = self.root / job_id
+        path.mkdir(parents=True)
+        return job_id, path
+
+    def submit(self, job: Job) -> Job:
+        with self._lock:
+            active = sum(
+                1 for j in self._jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING)
+            )
+            if active >= self.max_jobs:
+                raise JobsFullError(f"{active} jobs are queued or running (PTQ4VM_MAX_JOBS)")
+            self._jobs[job.id] = job
+        self._metrics.jobs_active.inc()
+        self._pool.submit(self._execute, job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def reap(self) -> int:
+        now = time.time()
+        with self._lock:
+            expired = [j for j in self._jobs.values() if j.expires is not None and j.expires < now]
+            for job in expired:
+                del self._jobs[job.id]
+        for job in expired:
+            shutil.rmtree(job.dir, ignore_errors=True)
+            logger.info("job %s expired; its files are removed", job.id)
+        return len(expired)
+
+    async def reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.ttl_s / 4))
+            await asyncio.to_thread(self.reap)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            shutil.rmtree(job.dir, ignore_errors=True)
+
+    # In a job thread --------------------------------------------------------------------------
+
+    def _execute(self, job: Job) -> None:
+        if self._nice and hasattr(os, "setpriority"):
+            # Linux nice is per thread: decoding and encoding (and the encoder's own threads,
+            # which inherit it) yield to live sessions. Inference goes through the scheduler.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+        job.state = JobState.RUNNING
+        started = time.monotonic()
+        try:
+            with self._registry.acquire(job.model) as lease:
+                job.version = lease.version
+                self._matte(job, lease)
+        except Exception as exc:
+            job.state, job.error = JobState.FAILED, str(exc) or type(exc).__name__
+            logger.warning("job %s failed: %s", job.id, job.error)
+        else:
+            job.state = JobState.DONE
+            logger.info(
+                "job %s done: %d frames in %.1f s",
+                job.id,
+                job.frames_done,
+                time.monotonic() - started,
+            )
+        finally:
+            job.finished = time.time()
+            job.expires = job.finished + self.ttl_s
+            job.input.unlink(missing_ok=True)
+            self._metrics.jobs_active.dec()
+            self._metrics.jobs.labels(state=job.state.value).inc()
+
+    def _matte(self, job: Job, lease: ModelLease) -> None:
+        info = probe(job.input)
+        job.frames_total = info.frame_count
+        ratio = resolve_downsample_ratio(job.downsample_ratio, info.width, info.height)
+        kind = OUTPUTS[job.output][0]
+        bg = None
+        if job.output == "composite":
+            bg = parse_background(job.background, info.width, info.height)
+        writer: FrameWriter = open_writer(
+            job.result,
+            kind,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            audio_from=job.input if job.output == "composite" else None,
+        )
+        with writer:
+            state: Any = None
+            for frame in iter_frames(job.input):
+                done = self._infer(lease, frame, state, ratio, need_rgb=job.output != "alpha")
+                state = done.state
+                fgr, pha = done.payload
+                if job.output == "alpha":
+                    writer.write(pha)
+                elif job.output == "rgba":
+                    writer.write(np.dstack([fgr, pha]))
+                else:
+                    assert bg is not None
+                    writer.write(composite(fgr, pha, bg))
+                job.frames_done += 1
+
+    def _infer(
+        self,
+        lease: ModelLease,
+        frame: NDArray[np.uint8],
+        state: Any,
+        ratio: float,
+        need_rgb: bool,
+    ) -> Done:
+        def finish(fgr: Float32Array, pha: Float32Array) -> tuple[Any, NDArray[np.uint8]]:
+            return (rgb_to_uint8(fgr) if need_rgb else None), alpha_to_uint8(pha)
+
+        work = Work(
+            engine=lease.engine,
+            model=lease.version,
+            size=(frame.shape[0], frame.shape[1]),
+            ratio=ratio,
+            state=state,
+            prepare=lambda: frames_to_batch([frame]),
+            finish=finish,
+            lane=Lane.BATCH,
+        )
+        if self._loop is None:
+            raise RuntimeError("JobManager.start() was not called")
+        future = asyncio.run_coroutine_threadsafe(self._scheduler.run(work), self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._stopping.is_set():
+                    future.cancel()
+                    raise JobCancelledError("the server shut down during the job") from None

@@ -1,0 +1,192 @@
+"""Admin routes (DESIGN 4.4): recalibration on uploaded clips, versions, activation/rollback.
+
+Every route needs `Authorization: Bearer $PTQ4VM_ADMIN_TOKEN` (401 without it, 403 with a
+wrong one); with the token unset the routes answer 404, as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, UploadFile
+
+from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.io.video import VideoError, iter_frames, probe
+from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
+from server.deps import CalibrationsDep, RegistryDep, SettingsDep
+from server.registry import ModelUnavailableError
+
+
+def require_admin(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    token = settings.admin_token
+    if token is None:
+        raise HTTPException(404, "Not Found")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(
+            401, "admin routes need Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise HTTPException(403, "wrong admin token")
+
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={
+        401: {"description": "No bearer token."},
+        403: {"description": "Wrong token."},
+        404: {"description": "Admin is off (PTQ4VM_ADMIN_TOKEN unset), or no such item."},
+    },
+)
+
+
+def _save(source: BinaryIO, target: Path) -> tuple[str, int]:
+    """Copies an upload to `target`; returns its (sha256, size)."""
+    digest, size = hashlib.sha256(), 0
+    with target.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _validate_video(path: Path) -> None:
+    """Raises VideoError unless PyAV opens `path` and decodes a first frame from it."""
+    probe(path)
+    frames = iter_frames(path)
+    try:
+        next(frames)
+    except StopIteration:
+        raise VideoError("the video has no frames") from None
+    finally:
+        frames.close()  # type: ignore[attr-defined]
+
+
+async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
+    sha256, size = await asyncio.to_thread(_save, upload.file, target)
+    try:
+        await asyncio.to_thread(_validate_video, target)
+    except VideoError as exc:
+        raise HTTPException(
+            415, f"{what} ({upload.filename or 'upload'}) is not a video that can be decoded: {exc}"
+        ) from None
+    return {"name": upload.filename or "", "file": target.name, "sha256": sha256, "bytes": size}
+
+
+@router.post(
+    "/calibrations",
+    status_code=202,
+    responses={
+        413: {"description": "The upload is over PTQ4VM_MAX_CALIBRATION_BYTES."},
+        415: {"description": "A clip or alpha that is not a video that can be decoded."},
+        422: {"description": "Bad bits, method, profile, or alphas that do not match clips."},
+        507: {"description": "Less free disk space than PTQ4VM_MIN_FREE_BYTES."},
+    },
+)
+async def create_calibration(
+    clips: Annotated[list[UploadFile], File(description="Videos PyAV can decode.")],
+    bits: Annotated[Literal["w8a8", "w4a8", "w4a4"], Form()],
+    calibrations: CalibrationsDep,
+    alphas: Annotated[
+        list[UploadFile] | None,
+        File(description="Optional ground-truth alpha videos, one per clip, in clip order."),
+    ] = None,
+    method: Annotated[Method, Form()] = Method.PTQ4VM,
+    profile: Annotated[Profile, Form()] = Profile.STANDARD,
+    activate: Annotated[bool, Form(description="Activate when the quality gate passes.")] = False,
+) -> dict[str, Any]:
+    """Queue a calibration on `clips`. The last PTQ4VM_GATE_HOLDOUT of each clip's frames are
+    held out for the quality gate. Poll `GET /admin/calibrations/{id}`."""
+    alphas = alphas or []
+    if alphas and len(alphas) != len(clips):
+        raise HTTPException(422, f"{len(alphas)} alphas for {len(clips)} clips: give one per clip")
+    try:
+        calibrations.check_disk()
+    except InsufficientStorageError as exc:
+        raise HTTPException(507, str(exc)) from None
+    job_id, job_dir = calibrations.new_dir()
+    try:
+        rows = []
+        for index, clip in enumerate(clips):
+            row = await _store(clip, job_dir / f"clip{index}.video", f"clip {index + 1}")
+            row["alpha"] = None
+            if alphas:
+                alpha = await _store(
+                    alphas[index], job_dir / f"alpha{index}.video", f"alpha {index + 1}"
+                )
+                row["alpha"] = alpha["file"]
+            rows.append(row)
+        job = Calibration(
+            id=job_id,
+            bits=bits,
+            method=method.value,
+            profile=profile.value,
+            activate=activate,
+            clips=rows,
+        )
+        calibrations.submit(job)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    return job.describe()
+
+
+def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    if job is None:
+        raise HTTPException(404, f"unknown calibration {job_id!r}")
+    return job
+
+
+@router.get("/calibrations")
+def list_calibrations(calibrations: CalibrationsDep) -> list[dict[str, Any]]:
+    """Every job the store remembers, oldest first."""
+    return calibrations.list()
+
+
+@router.get("/calibrations/{job_id}")
+def get_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any]:
+    """state (queued, running, done, failed, cancelled), stage, progress in [0, 1], eta_s,
+    loss, metrics (the quality gate's report), version, activated, error."""
+    return _found(calibrations.get(job_id), job_id)
+
+
+@router.delete("/calibrations/{job_id}", responses={409: {"description": "The job has finished."}})
+def cancel_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any]:
+    """Cancel a queued or running job: its process is killed, its files removed."""
+    try:
+        return _found(calibrations.cancel(job_id), job_id)
+    except NotCancellableError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.get("/models")
+def list_models(registry: RegistryDep) -> dict[str, Any]:
+    """Every version with its active flag and manifest metrics (the gate report included)."""
+    return {"active": registry.active(), "versions": registry.describe()}
+
+
+@router.post(
+    "/models/{version}/activate",
+    responses={409: {"description": "The version cannot be loaded."}},
+)
+async def activate_model(version: str, registry: RegistryDep) -> dict[str, Any]:
+    """Make any registered version (or fp32) active; also how to roll back."""
+    try:
+        await asyncio.to_thread(registry.activate, version)
+    except ModelNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ModelUnavailableError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return {"active": registry.active()}

@@ -1,0 +1,76 @@
+"""`POST /v1/matte`: one image in, its alpha matte out as an 8-bit grey PNG (DESIGN 4.4)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi.responses import Response
+
+from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.codec import FrameError, decode_image, encode_alpha, to_batch
+from server.deps import MetricsDep, RegistryDep, SchedulerDep
+from server.registry import ModelUnavailableError
+from server.scheduler import Work
+
+router = APIRouter(prefix="/v1", tags=["matte"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The upload is over PTQ4VM_MAX_IMAGE_BYTES."},
+    415: {"description": "Not an image (PNG or JPEG) that can be decoded."},
+    422: {"description": "Unknown model or bad downsample_ratio."},
+    503: {"description": "The model cannot be loaded."},
+}
+
+
+@router.post(
+    "/matte",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "Alpha matte."}, **ERRORS},
+)
+async def matte(
+    image: Annotated[UploadFile, File(description="PNG or JPEG image.")],
+    registry: RegistryDep,
+    scheduler: SchedulerDep,
+    metrics: MetricsDep,
+    downsample_ratio: Annotated[float | None, Form(gt=0, le=1)] = None,
+    model: Annotated[str | None, Form(description="fp32 or a version; default: active.")] = None,
+) -> Response:
+    """The image's alpha as a grey PNG of the same size (a single frame: no recurrent state).
+    Headers say which model and downsample ratio made it."""
+    data = await image.read()
+    try:
+        rgb = await asyncio.to_thread(decode_image, data)
+    except FrameError as exc:
+        raise HTTPException(415, f"{image.filename or 'upload'}: {exc}") from None
+    height, width = rgb.shape[:2]
+    ratio = resolve_downsample_ratio(downsample_ratio, width, height)
+    try:
+        lease = await asyncio.to_thread(registry.acquire, model)
+    except ModelNotFoundError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ModelUnavailableError as exc:
+        raise HTTPException(503, str(exc)) from None
+    with lease:
+        work = Work(
+            engine=lease.engine,
+            model=lease.version,
+            size=(height, width),
+            ratio=ratio,
+            state=None,
+            prepare=lambda: to_batch(rgb),
+            finish=lambda fgr, pha: encode_alpha(pha, "alpha_png"),
+        )
+        done = await scheduler.run(work)
+    metrics.http_mattes.inc()
+    return Response(
+        done.payload,
+        media_type="image/png",
+        headers={
+            "X-Model-Version": lease.version,
+            "X-Downsample-Ratio": f"{ratio:g}",
+            "X-Inference-Ms": f"{done.infer_s * 1e3:.1f}",
+        },
+    )

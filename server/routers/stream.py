@@ -1,0 +1,23 @@
+"""`GET /v1/stream`: the WebSocket streaming protocol (DESIGN 4.3; see server.connection)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket
+
+from server.connection import Connection
+from server.deps import ServicesDep
+
+router = APIRouter(tags=["stream"])
+
+
+@router.websocket("/v1/stream")
+async def stream(
+    websocket: WebSocket,
+    services: ServicesDep,
+    session: Annotated[
+        str | None, Query(description="Resume this session (within its TTL).")
+    ] = None,
+) -> None:
+    await Connection(websocket, services, resume=session).run()

@@ -1,0 +1,97 @@
+"""Everything one app instance runs, built from its Settings, started and stopped with it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from ptq4vm_core.engine import ModelNotFoundError
+from server.default_model import DefaultModelBuilder
+from server.jobs import JobManager
+from server.metrics import Metrics
+from server.registry import ModelRegistry, ModelUnavailableError
+from server.scheduler import Scheduler
+from server.sessions import SessionManager
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry
+    scheduler: Scheduler
+    sessions: SessionManager
+    jobs: JobManager
+    default_builder: DefaultModelBuilder
+    ready: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        metrics = Metrics()
+        registry = ModelRegistry(
+            settings.home,
+            metrics=metrics,
+            max_idle=settings.max_idle_models,
+            override=settings.model,
+        )
+        scheduler = Scheduler(
+            workers=settings.infer_workers,
+            max_batch=settings.max_batch,
+            batch_share=settings.batch_lane_share,
+            metrics=metrics,
+        )
+        sessions = SessionManager(
+            max_sessions=settings.max_sessions,
+            ttl_s=settings.session_ttl_s,
+            scheduler=scheduler,
+            metrics=metrics,
+        )
+        jobs = JobManager(
+            settings.jobs_dir,
+            registry=registry,
+            scheduler=scheduler,
+            metrics=metrics,
+            workers=settings.job_workers,
+            max_jobs=settings.max_jobs,
+            ttl_s=settings.job_ttl_s,
+            nice=settings.job_nice,
+        )
+        builder = DefaultModelBuilder(settings, registry, metrics)
+        return cls(settings, metrics, registry, scheduler, sessions, jobs, builder)
+
+    async def start(self) -> None:
+        """Load the active model (sessions then start without a wait), start the background
+        tasks and, where wanted, the embedded default build."""
+        self.jobs.start(asyncio.get_running_loop())
+        try:
+            lease = await asyncio.to_thread(self.registry.acquire, None)
+        except (ModelNotFoundError, ModelUnavailableError) as exc:
+            self.registry.fall_back(str(exc))
+            lease = await asyncio.to_thread(self.registry.acquire, None)
+        with lease:
+            self.metrics.set_active_model(lease.version, lease.engine.name)
+        logger.info("serving model %s (%s)", lease.version, lease.engine.name)
+        self._tasks = [
+            asyncio.create_task(self.sessions.reap_forever(), name="ptq4vm-session-reaper"),
+            asyncio.create_task(self.jobs.reap_forever(), name="ptq4vm-job-reaper"),
+        ]
+        self.default_builder.maybe_start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.sessions.close()
+        await asyncio.to_thread(self.default_builder.stop)
+        await asyncio.to_thread(self.jobs.close)
+        await self.scheduler.aclose()

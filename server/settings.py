@@ -1,0 +1,155 @@
+"""One Settings object for the service, read from `PTQ4VM_*` environment variables.
+
+Validators fail at start-up with a message naming the variable, never at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.paths import cache_root
+
+MiB = 1024 * 1024
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def _machine_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _bundled_web_client() -> Path | None:
+    web = Path(__file__).resolve().parent.parent / "clients" / "web"
+    return web if (web / "index.html").is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the env var is the field name upper-cased with `PTQ4VM_`."""
+
+    model_config = SettingsConfigDict(env_prefix="PTQ4VM_", extra="ignore", frozen=True)
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Cache root: weights, sample clip, model registry (`models/`) and job files (`jobs/`).
+    home: Path = Field(default_factory=cache_root)
+    # Model for sessions and requests that name none; None = the registry's active version.
+    model: str | None = None
+
+    # Streaming sessions (DESIGN 4.3).
+    max_sessions: PositiveInt = 16
+    max_message_bytes: PositiveInt = 8 * MiB
+    max_frame_side: PositiveInt = 4096
+    idle_timeout_s: PositiveFloat = 60.0
+    session_ttl_s: PositiveFloat = 30.0
+    ping_interval_s: PositiveFloat = 20.0
+    ping_timeout_s: PositiveFloat = 20.0
+
+    # Inference scheduling.
+    infer_workers: PositiveInt = 1
+    # Frames of different sessions (same model, size and ratio) run as one batch, up to this
+    # many; 1 turns micro-batching off. See docs/server.md for the measurement behind it.
+    max_batch: PositiveInt = 1
+    # One batch-lane (video job) frame is run for every `batch_lane_share` realtime frames
+    # when both are waiting, so jobs never starve live sessions nor starve themselves.
+    batch_lane_share: PositiveInt = 4
+
+    # REST and video jobs (DESIGN 4.4).
+    max_image_bytes: PositiveInt = 16 * MiB
+    max_upload_bytes: PositiveInt = 512 * MiB
+    max_jobs: PositiveInt = 16
+    job_workers: PositiveInt = 1
+    job_ttl_s: PositiveFloat = 3600.0
+    # CPU niceness of the job threads (decoding, encoding), so that sessions come first.
+    job_nice: Annotated[int, Field(ge=0, le=19)] = 10
+
+    # Registry: versions no session uses kept loaded (least recently used first out) besides
+    # the active one and fp32, which always stay loaded.
+    max_idle_models: Annotated[int, Field(ge=0)] = 1
+
+    # Embedded default (DESIGN 4.4): build W8A8 on the sample clip when the registry is empty.
+    build_default: bool = True
+    default_method: Method = Method.PTQ4VM
+    default_profile: Profile = Profile.STANDARD
+    default_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # CPU threads of the build; default: half the cores, the rest stay with the sessions.
+    default_threads: PositiveInt | None = None
+
+    # Admin (DESIGN 4.4): the bearer token of `/admin/*`; unset (or empty), those routes 404.
+    admin_token: SecretStr | None = None
+    # Recalibration jobs: upload limit of all clips together, niceness and CPU threads of the
+    # calibration child (default threads: as the embedded default build), free space needed
+    # under `home` before a job starts.
+    max_calibration_bytes: PositiveInt = 1024 * MiB
+    calibration_nice: Annotated[int, Field(ge=10, le=19)] = 10
+    calibration_threads: PositiveInt | None = None
+    min_free_bytes: Annotated[int, Field(ge=0)] = 1024 * MiB
+    # Quality gate: a candidate passes when its MAD against FP32 (x1e3, on the held-out last
+    # `gate_holdout` of each clip's frames) is at most `gate_max_mad` and at most the active
+    # version's plus `gate_margin`.
+    gate_max_mad: PositiveFloat = 10.0
+    gate_margin: Annotated[float, Field(ge=0)] = 1.0
+    gate_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+    # Static files served at `/`: by default the browser client (clients/web) when this is a
+    # repository checkout that has it; unset (None) in an installed package without it.
+    static_dir: Path | None = Field(default_factory=lambda: _bundled_web_client())
+
+    @field_validator("home", "static_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @field_validator("admin_token")
+    @classmethod
+    def _empty_token_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or not value.get_secret_value() else value
+
+    @field_validator("static_dir")
+    @classmethod
+    def _static_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"PTQ4VM_STATIC_DIR={value} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.infer_workers > 4 * _machine_cores():
+            raise ValueError(
+                f"PTQ4VM_INFER_WORKERS={self.infer_workers} is far above the "
+                f"{_machine_cores()} cores of this machine; use at most the core count"
+            )
+        if self.ping_timeout_s >= self.idle_timeout_s:
+            raise ValueError(
+                f"PTQ4VM_PING_TIMEOUT_S ({self.ping_timeout_s}) must be below "
+                f"PTQ4VM_IDLE_TIMEOUT_S ({self.idle_timeout_s})"
+            )
+        return self
+
+    @property
+    def build_threads(self) -> int:
+        return self.default_threads or max(1, _machine_cores() // 2)
+
+    @property
+    def calibration_build_threads(self) -> int:
+        return self.calibration_threads or self.build_threads
+
+    @property
+    def calibrations_dir(self) -> Path:
+        return self.home / "calibrations"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"

@@ -1,0 +1,89 @@
+"""Health, readiness, metrics, OpenAPI and the static-files hook."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tests.server.conftest import RunningServer, ServerFactory
+
+
+def test_healthz_and_readyz(server: RunningServer) -> None:
+    with server.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert (body["status"], body["model"]) == ("ready", "fp32")
+    assert "fp32" in body["loaded"]
+    assert body["default_model"]["state"] == "off"
+
+
+def test_metrics_after_streaming(server: RunningServer, clip_rgb: list[NDArray[np.uint8]]) -> None:
+    with server.stream(input="rgb24") as stream:
+        session = stream.started["session"]
+        for frame in clip_rgb[:3]:
+            stream.matte(frame.tobytes())
+        with server.client() as http:
+            during = http.get("/metrics").text
+        stream.stop()
+    with server.client() as http:
+        response = http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert re.search(r"^ptq4vm_stream_sessions_active 1\.0$", during, re.M)
+    assert re.search(r"^ptq4vm_stream_sessions_active 0\.0$", text, re.M)
+    for name in (
+        "ptq4vm_stream_frames_received_total",
+        'ptq4vm_frames_matted_total{lane="realtime",model="fp32"}',
+        "ptq4vm_stream_frames_dropped_total",
+        'ptq4vm_queue_seconds_bucket{lane="realtime",le="0.005"}',
+        'ptq4vm_inference_seconds_count{model="fp32"}',
+        "ptq4vm_decode_seconds_count",
+        "ptq4vm_encode_seconds_count",
+        "ptq4vm_batch_size_count",
+        'ptq4vm_model_info{engine="ort-fp32",version="fp32"} 1.0',
+        "ptq4vm_models_loaded 1.0",
+    ):
+        assert name in text, name
+    frames = re.search(r"^ptq4vm_stream_frames_received_total (\S+)$", text, re.M)
+    assert frames is not None
+    assert float(frames.group(1)) >= 3
+    assert session not in text  # no session ids as labels
+
+
+def test_openapi_lists_the_rest_api(server: RunningServer) -> None:
+    with server.client() as http:
+        spec = http.get("/openapi.json").json()
+        assert http.get("/docs").status_code == 200
+    assert {
+        "/v1/matte",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/result",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(spec["paths"])
+    assert spec["paths"]["/v1/jobs"]["post"]["responses"].keys() >= {"202", "413", "415"}
+
+
+def test_models_lists_fp32(server: RunningServer) -> None:
+    with server.client() as http:
+        body = http.get("/v1/models").json()
+        assert http.get("/v1/models/fp32").json()["active"] is True
+        assert http.get("/v1/models/nope").status_code == 404
+    assert body["active"] == "fp32"
+    assert [v["version"] for v in body["versions"]] == ["fp32"]
+
+
+def test_static_files_hook(start_server: ServerFactory, tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<h1>client</h1>")
+    server = start_server(static_dir=tmp_path)
+    with server.client() as http:
+        assert http.get("/").text == "<h1>client</h1>"
+        assert http.get("/healthz").json() == {"status": "ok"}  # the API still wins

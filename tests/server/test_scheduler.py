@@ -1,0 +1,185 @@
+"""The scheduler and state batching, without a network: fairness, lanes, micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+
+from ptq4vm_core.engine import load_engine
+from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.model import RecurrentState
+from server.batching import split_state, stack_states, state_signature
+from server.scheduler import Done, Lane, Scheduler, Work
+
+
+class Count(NamedTuple):
+    n: NDArray[np.float32]  # [B,1]: frames this stream has seen
+
+
+class FakeEngine:
+    """Counts frames per stream in its state; records every call's tags and batch size."""
+
+    name = "fake"
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def infer(self, src: Float32Array, state: Count | None, ratio: float) -> EngineOutput:
+        time.sleep(self.delay)
+        with self.lock:
+            self.calls.append(src.shape[0])
+        n = np.zeros((src.shape[0], 1), np.float32) if state is None else state.n
+        pha = src[:, :1] * 0 + (n + 1)[:, :, None, None]
+        return EngineOutput(src, pha, Count(n + 1))
+
+
+def work(engine: Any, tag: Any, state: Any = None, lane: Lane = Lane.REALTIME) -> Work:
+    return Work(
+        engine=engine,
+        model="m",
+        size=(4, 4),
+        ratio=1.0,
+        state=state,
+        prepare=lambda: np.zeros((1, 3, 4, 4), np.float32),
+        finish=lambda fgr, pha: (tag, float(pha.max())),
+        lane=lane,
+        tag=tag,
+    )
+
+
+def test_streams_are_served_round_robin() -> None:
+    """Three streams, each resubmitting at once: one worker serves them in turn."""
+    engine = FakeEngine()
+    order: list[str] = []
+
+    async def stream(name: str, frames: int, scheduler: Scheduler) -> None:
+        state = None
+        for _ in range(frames):
+            done = await scheduler.run(work(engine, name, state))
+            order.append(done.payload[0])
+            state = done.state
+
+    async def main() -> None:
+        scheduler = Scheduler(workers=1)
+        await asyncio.gather(*(stream(n, 4, scheduler) for n in "abc"))
+        await scheduler.aclose()
+
+    asyncio.run(main())
+    assert order[:3] == ["a", "b", "c"]
+    for i in range(0, 12, 3):  # every round serves each stream once
+        assert sorted(order[i : i + 3]) == ["a", "b", "c"]
+
+
+def test_batch_lane_gets_its_share() -> None:
+    engine = FakeEngine(delay=0.005)
+    order: list[Lane] = []
+
+    async def main() -> None:
+        scheduler = Scheduler(workers=1, batch_share=3)
+
+        async def stream(lane: Lane, tag: str) -> None:
+            for _ in range(8):
+                await scheduler.run(work(engine, tag, lane=lane))
+                order.append(lane)
+
+        await asyncio.gather(stream(Lane.BATCH, "job"), *(stream(Lane.REALTIME, s) for s in "xyz"))
+        await scheduler.aclose()
+
+    asyncio.run(main())
+    first = order[:16]
+    assert 3 <= first.count(Lane.BATCH) <= 5  # about 1 in 4 while both lanes wait
+    assert order.count(Lane.BATCH) == 8  # and the job is never starved
+
+
+def test_micro_batching_groups_same_size_frames_and_splits_state() -> None:
+    engine = FakeEngine(delay=0.05)
+
+    async def main() -> list[Done]:
+        scheduler = Scheduler(workers=1, max_batch=4)
+        warm = await scheduler.run(work(engine, "w"))  # a state of one frame, for one stream
+        jobs = [work(engine, i, state=warm.state if i == 0 else None) for i in range(4)]
+        results = await asyncio.gather(*(scheduler.run(j) for j in jobs))
+        await scheduler.aclose()
+        return results
+
+    results = asyncio.run(main())
+    # The warm-up, then stream 0 alone (the worker was free when it came), then the three
+    # fresh streams that queued behind it as one batch.
+    assert engine.calls == [1, 1, 3]
+    assert [r.payload[1] for r in results] == [2.0, 1.0, 1.0, 1.0]
+    assert [float(r.state.n[0, 0]) for r in results] == [2.0, 1.0, 1.0, 1.0]
+    assert all(r.state.n.shape == (1, 1) for r in results)
+
+
+def test_a_bad_frame_fails_alone() -> None:
+    engine = FakeEngine(delay=0.05)
+
+    def bad() -> Float32Array:
+        raise ValueError("garbage")
+
+    async def main() -> list[Any]:
+        scheduler = Scheduler(workers=1, max_batch=4)
+        blocker = asyncio.ensure_future(scheduler.run(work(engine, "first")))
+        broken = work(engine, "bad")
+        broken.prepare = bad
+        jobs = [broken, work(engine, "good")]
+        results = await asyncio.gather(*(scheduler.run(j) for j in jobs), return_exceptions=True)
+        await blocker
+        await scheduler.aclose()
+        return results
+
+    bad_result, good_result = asyncio.run(main())
+    assert isinstance(bad_result, ValueError)
+    assert isinstance(good_result, Done)
+    assert good_result.payload == ("good", 1.0)
+
+
+def test_batched_inference_matches_single_streams(clip_frames: list[NDArray[np.uint8]]) -> None:
+    """The real FP32 engine: three streams batched give each stream its own mattes."""
+    engine = load_engine("fp32")
+    streams = [clip_frames[i * 20 : i * 20 + 3] for i in range(3)]
+    single = []
+    for frames in streams:
+        state = None
+        alphas = []
+        for frame in frames:
+            out = engine.infer(frames_to_batch([frame]), state, 1.0)
+            state = out.state
+            alphas.append(alpha_to_uint8(out.pha[0]))
+        single.append(alphas)
+    states: list[Any] = [None] * 3
+    for step in range(3):
+        batch = frames_to_batch([frames[step] for frames in streams])
+        out = engine.infer(batch, stack_states(states), 1.0)
+        states = split_state(out.state, 3)
+        for i in range(3):
+            got = alpha_to_uint8(out.pha[i])
+            assert np.abs(got.astype(int) - single[i][step]).max() <= 1, (i, step)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_stack_and_split_round_trip(kind: str) -> None:
+    def make(value: float) -> Any:
+        if kind == "torch":
+            return RecurrentState(*(torch.full((1, c, 2, 2), value) for c in (1, 2, 3, 4)))
+        return Count(np.full((1, 3), value, np.float32))
+
+    states = [make(1.0), make(2.0), make(3.0)]
+    stacked = stack_states(states)
+    assert type(stacked) is type(states[0])
+    assert stacked[0].shape[0] == 3
+    for original, back in zip(states, split_state(stacked, 3), strict=True):
+        for a, b in zip(original, back, strict=True):
+            assert bool((a == b).all())
+    assert state_signature(states[0]) == state_signature(states[1]) != state_signature(None)
+    assert stack_states([None, None]) is None

@@ -1,0 +1,158 @@
+"""Model versions through the server: the embedded default build, quantized parity with
+`ptq4vm matte`, sessions pinned to their version (DESIGN 4.3.7, 4.4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from tests.server.client import decode_png
+from tests.server.conftest import (
+    Assets,
+    DefaultBuild,
+    ServerFactory,
+    cli_mattes,
+    make_home,
+    png_dir,
+)
+from tests.server.test_registry import corrupt
+from tests.server.test_stream_errors import START, expect_error_then_close, raw
+
+
+def test_embedded_default_starts_in_the_background(
+    start_server: ServerFactory, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    """An empty registry: FP32 serves at once while the build runs (stopped with the server)."""
+    server = start_server(build_default=True, default_method="minmax", default_profile="fast")
+    with server.client() as http:
+        build = http.get("/readyz").json()["default_model"]
+        assert (build["state"], build["method"], build["profile"]) == ("running", "minmax", "fast")
+        assert http.get("/v1/models").json()["active"] == "fp32"
+        assert 'ptq4vm_default_model_build{state="running"} 1.0' in http.get("/metrics").text
+    with server.stream(input="rgb24") as stream:
+        assert stream.started["model"] == "fp32"
+        stream.matte(clip_rgb[0].tobytes())
+    builder = server.services.default_builder
+    assert builder._proc is not None
+    assert builder._proc.poll() is None  # the calibration subprocess is running
+    deadline = time.monotonic() + 30  # the child lowers its priority as it starts
+    while os.getpriority(os.PRIO_PROCESS, builder._proc.pid) < 10:
+        assert time.monotonic() < deadline, "the build does not run at low priority"
+        time.sleep(0.1)
+
+
+def test_no_default_build_with_a_model_or_versions(
+    start_server: ServerFactory, versions_home: Path
+) -> None:
+    for server in (
+        start_server(build_default=True, model="fp32"),
+        start_server(versions_home, build_default=True),
+    ):
+        assert server.services.default_builder.state.value == "off"
+
+
+@pytest.mark.slow
+def test_embedded_default_builds_and_activates(default_build: DefaultBuild) -> None:
+    assert default_build.states[0] == "running"
+    assert default_build.states[-1] == "done"
+    # While it built, sessions were served by FP32 at once.
+    assert default_build.models_during_build
+    assert set(default_build.models_during_build) == {"fp32"}
+    assert default_build.version.startswith("ptq4vm-w8a8-")
+    assert default_build.build_info["method"] == "minmax"
+    manifest = json.loads((default_build.artifact / "manifest.json").read_text())
+    assert manifest["bits"] == "w8a8"
+    assert manifest["profile"] == "fast"
+    assert not list((default_build.home / "models").glob(".default-build-*"))
+
+
+@pytest.fixture
+def versions_home(tmp_path: Path, assets: Assets, quantized_artifact: Path) -> Path:
+    """A registry of its own with the quantized artifact as v1 and v2, none active."""
+    home = make_home(tmp_path / "home", assets)
+    for name in ("v1", "v2"):
+        shutil.copytree(quantized_artifact, home / "models" / name)
+    return home
+
+
+def test_quantized_lockstep_matches_ptq4vm_matte(
+    start_server: ServerFactory,
+    versions_home: Path,
+    clip_rgb: list[NDArray[np.uint8]],
+    tmp_path: Path,
+) -> None:
+    frames = clip_rgb[:8]
+    clip_dir = png_dir(frames, tmp_path / "clip")
+    expected = cli_mattes(clip_dir, "v1", tmp_path, home=versions_home)
+    server = start_server(versions_home)
+    with server.stream(input="png", model="v1") as stream:
+        assert stream.started["model"] == "v1"
+        for seq, frame in enumerate(frames):
+            _, data = cv2.imencode(".png", frame[..., ::-1])
+            meta, payload = stream.matte(data.tobytes())
+            assert meta["model"] == "v1"
+            np.testing.assert_array_equal(decode_png(payload), expected[seq], f"frame {seq}")
+
+
+def test_open_session_keeps_its_version_when_another_is_activated(
+    start_server: ServerFactory, versions_home: Path, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    server = start_server(versions_home, max_idle_models=0)
+    registry = server.services.registry
+    registry.activate("v1")
+
+    def models(stream: Any, frames: range) -> set[str]:
+        return {stream.matte(clip_rgb[i].tobytes())[0]["model"] for i in frames}
+
+    with server.stream(input="rgb24") as old:
+        assert old.started["model"] == "v1"
+        assert models(old, range(1)) == {"v1"}
+        registry.activate("v2")
+        assert models(old, range(1, 2)) == {"v1"}
+        assert "v1" in registry.loaded()  # pinned by the open session
+        with server.stream(input="rgb24") as new:
+            assert new.started["model"] == "v2"
+            assert models(new, range(1)) == {"v2"}
+        assert models(old, range(2, 3)) == {"v1"}
+        # A reset ends the old state: the session moves to the active version.
+        old.send_json({"type": "reset"})
+        meta, _ = old.matte(clip_rgb[0].tobytes())
+        assert (meta["model"], meta["fresh"]) == ("v2", True)
+        old.stop()
+    assert "v1" not in registry.loaded()
+
+
+def test_corrupt_version_is_refused_and_others_stream(
+    start_server: ServerFactory, versions_home: Path
+) -> None:
+    corrupt(versions_home / "models" / "v2")
+    server = start_server(versions_home)
+    with server.stream(input="rgb24", model="v1") as good:
+        with raw(server) as ws:
+            ws.send(json.dumps({**START, "model": "v2"}))
+            message = expect_error_then_close(ws, "model_unavailable", 1011)
+            assert "sha256" in message["message"]
+        assert good.matte(b"\x00" * 176 * 144 * 3)[0]["model"] == "v1"
+    with server.client() as http:
+        rows = {r["version"]: r for r in http.get("/v1/models").json()["versions"]}
+    assert set(rows) == {"fp32", "v1", "v2"}
+
+
+def test_a_corrupt_active_version_falls_back_to_fp32(
+    start_server: ServerFactory, versions_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (versions_home / "models" / "active.json").write_text(json.dumps({"version": "v2"}))
+    corrupt(versions_home / "models" / "v2")
+    server = start_server(versions_home)
+    with server.stream(input="rgb24") as stream:
+        assert stream.started["model"] == "fp32"
+    assert "active model v2 cannot be served" in caplog.text
