@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.calib.progress import ProgressEvent
+from server.lifeline import exit_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class WorkerSpec(BaseModel):
     max_mad: float = Field(gt=0)
     margin: float = Field(ge=0)
     nice: int = Field(ge=0, le=19)
+    parent: int | None = None  # the server's pid: exit (removing `out`) once it is gone
     seed: int = 0
 
 
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = WorkerSpec.model_validate_json(args.spec.read_text())
     os.nice(spec.nice)  # first, so that everything after runs behind the sessions
+    if spec.parent is not None:
+        exit_with_parent(spec.parent, spec.out)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq4vm_core.artifact import update_metrics
+from server.background import beside_sessions
 from server.calibration_worker import ClipSpec, WorkerSpec
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -124,6 +125,18 @@ class CalibrationStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _exit_reason(code: int) -> str:
+    """How a child ended, for the job's error: a negative code is the signal that killed it."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the out-of-memory killer, or an operator)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with {code}"
 
 
 class CalibrationManager:
@@ -303,6 +316,7 @@ class CalibrationManager:
             max_mad=s.gate_max_mad,
             margin=s.gate_margin,
             nice=s.calibration_nice,
+            parent=os.getpid(),
         )
 
     def _run(self, job: Calibration) -> None:
@@ -311,7 +325,7 @@ class CalibrationManager:
         spec_file = work / "spec.json"
         spec_file.write_text(self._spec(job).model_dump_json())
         threads = str(s.calibration_build_threads)
-        # Fewer threads than cores, as for the embedded default (see default_model.py).
+        # Fewer threads than cores, on cores of their own, as for the embedded default.
         env = {
             **os.environ,
             "PTQ4VM_HOME": str(s.home),
@@ -333,8 +347,9 @@ class CalibrationManager:
                     cwd=Path(__file__).resolve().parent.parent,
                     start_new_session=True,  # its own process group: a kill takes it all
                 )
-            result = self._follow(job, self._proc)
-            code = self._proc.wait()
+            with beside_sessions(self._proc.pid, s.calibration_build_threads):
+                result = self._follow(job, self._proc)
+                code = self._proc.wait()
             with self._cond:
                 self._proc = None
             if job.id in self._cancelling or self._closing:
@@ -342,7 +357,7 @@ class CalibrationManager:
             if code != 0 or result is None:
                 log.seek(0)
                 tail = " | ".join(log.read().strip().splitlines()[-3:])
-                raise RuntimeError(f"the calibration process exited with {code}: {tail}")
+                raise RuntimeError(f"the calibration process {_exit_reason(code)}: {tail}")
         self._register(job, result)
 
     def _follow(self, job: Calibration, proc: subprocess.Popen[str]) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq4vm_core.assets import sample_clip_path
+from server.background import beside_sessions
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -138,8 +139,9 @@ class DefaultModelBuilder:
             s.models_dir.mkdir(parents=True, exist_ok=True)
             command = self._command(out)
             threads = str(s.build_threads)
-            # Fewer threads than cores: the build's spinning OpenMP threads would otherwise
-            # take the cores from the sessions, whatever its niceness.
+            # Fewer threads than cores, on cores of its own (server/background.py): the build's
+            # spinning OpenMP threads would otherwise take the sessions' cores, whatever its
+            # niceness.
             env = {
                 **os.environ,
                 "PTQ4VM_HOME": str(s.home),
@@ -151,12 +153,12 @@ class DefaultModelBuilder:
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
             )
             assert self._proc.stdout is not None
-            with self._proc.stdout:
+            with beside_sessions(self._proc.pid, s.build_threads), self._proc.stdout:
                 for line in self._proc.stdout:
                     if line.strip():
                         self._tail.append(line.rstrip())
                         logger.debug("default build: %s", line.rstrip())
-            code = self._proc.wait()
+                code = self._proc.wait()
             if self._stopping.is_set():
                 raise RuntimeError("stopped: the server shut down")
             if code != 0:

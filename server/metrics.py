@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ptq4vm_core.engine.ort_engine import BUDGET
+
 # Seconds: from a quick PNG encode (~0.2 ms) to a large frame on a busy CPU (~2 s).
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -114,6 +116,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.cores_reserved = Gauge(
+            "ptq4vm_engine_cores_reserved",
+            "Cores held by a calibration child; the engines run that many threads fewer.",
+            registry=r,
+        )
+        self.cores_reserved.set_function(lambda: BUDGET.reserved)
 
     def set_active_model(self, version: str, engine: str) -> None:
         self.model_info.clear()

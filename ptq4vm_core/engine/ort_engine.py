@@ -7,6 +7,9 @@ import logging
 import os
 import platform
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -101,8 +104,47 @@ def create_session(
     return session
 
 
+class ThreadBudget:
+    """The intra-op threads engines of this process may use now: all of theirs, less the cores
+    that background work in child processes (a calibration, the default build) holds.
+
+    ONNX Runtime's intra-op threads meet at every operator, so one of them sharing its core
+    with another process stalls them all; measured on 2 cores, two threads beside a busy child
+    (even one at `SCHED_IDLE`) ran slower than one thread on the free core. `reserve(n)` is
+    held while such a child runs, pinned to `n` cores; engines then run sessions with n
+    threads fewer (never below one) until it is released.
+    """
+
+    def __init__(self) -> None:
+        self._reserved = 0
+        self._lock = threading.Lock()
+
+    @property
+    def reserved(self) -> int:
+        return self._reserved
+
+    def threads(self, wanted: int) -> int:
+        return max(1, wanted - self._reserved)
+
+    @contextmanager
+    def reserve(self, cores: int) -> Iterator[None]:
+        with self._lock:
+            self._reserved += cores
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= cores
+
+
+BUDGET = ThreadBudget()
+
+
 class OrtEngine:
-    """Runs an ONNX graph with RVM's inputs and outputs. Keeps no per-stream data."""
+    """Runs an ONNX graph with RVM's inputs and outputs. Keeps no per-stream data.
+
+    One session per thread count in use (see `ThreadBudget`), created on first need; they
+    compute the same function, so a stream may move between them without losing its state."""
 
     def __init__(
         self,
@@ -114,14 +156,28 @@ class OrtEngine:
         optimized: Path | None = None,
     ) -> None:
         available = ort.get_available_providers()
-        chosen = [p for p in (providers or default_providers()) if p in available] or [CPU]
+        self._providers = [p for p in (providers or default_providers()) if p in available] or [CPU]
         self._name = name
-        self.session = create_session(Path(model_path), session_options(threads), chosen, optimized)
-        logger.debug("ONNX Runtime session for %s on %s", model_path, chosen)
+        self._path = Path(model_path)
+        self._optimized = optimized
+        self.threads = threads or default_threads()
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+        self.session = self.session_for(self.threads)
+        logger.debug("ONNX Runtime session for %s on %s", model_path, self._providers)
 
     @property
     def name(self) -> str:
         return self._name
+
+    def session_for(self, threads: int) -> ort.InferenceSession:
+        with self._lock:
+            if threads not in self._sessions:
+                options = session_options(threads)
+                self._sessions[threads] = create_session(
+                    self._path, options, self._providers, self._optimized
+                )
+            return self._sessions[threads]
 
     def infer(
         self, src: Float32Array, state: OrtState | None, downsample_ratio: float
@@ -133,5 +189,6 @@ class OrtEngine:
             state = OrtState(zero, zero, zero, zero)
         feeds = {"src": src, "downsample_ratio": np.array([ratio], np.float32)}
         feeds.update(zip(STATE_INPUTS, state, strict=True))
-        fgr, pha, r1, r2, r3, r4 = self.session.run(list(OUTPUTS), feeds)
+        session = self.session_for(BUDGET.threads(self.threads))
+        fgr, pha, r1, r2, r3, r4 = session.run(list(OUTPUTS), feeds)
         return EngineOutput(fgr, pha, OrtState(r1, r2, r3, r4))

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine import EngineKind, ModelNotFoundError, load_engine
 from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.ort_engine import BUDGET, OrtEngine
 
 
 @pytest.mark.parametrize("kind", [EngineKind.ORT, EngineKind.TORCH])
@@ -36,3 +38,19 @@ def test_unknown_models_and_engines_are_refused(tmp_path) -> None:
         load_engine("fp32", EngineKind.SIM)
     with pytest.raises(ValueError, match="'tpu' is not a valid EngineKind"):
         load_engine("fp32", "tpu")
+
+
+def test_reserved_cores_run_fewer_threads_on_the_same_function(clip_frames) -> None:
+    engine = OrtEngine(weights_path(), threads=2)
+    src = frames_to_batch(clip_frames[:1])
+    full = engine.infer(src, None, 1.0)
+    with BUDGET.reserve(1):
+        assert BUDGET.threads(engine.threads) == 1
+        reduced = engine.infer(src, None, 1.0)
+        assert set(engine._sessions) == {2, 1}  # a one-thread session, next to the first
+        # The state moves between the sessions: a stream goes on across the switch.
+        after = engine.infer(frames_to_batch(clip_frames[1:2]), reduced.state, 1.0)
+    assert BUDGET.reserved == 0
+    np.testing.assert_allclose(reduced.pha, full.pha, atol=1e-5)
+    again = engine.infer(frames_to_batch(clip_frames[1:2]), full.state, 1.0)
+    np.testing.assert_allclose(after.pha, again.pha, atol=1e-5)

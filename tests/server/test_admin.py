@@ -162,6 +162,14 @@ def test_cancel_running_and_queued(admin: RunningServer, assets: Assets) -> None
         while os.getpriority(os.PRIO_PROCESS, pid) < 10:  # the child lowers it as it starts
             assert time.monotonic() < deadline, "the calibration does not run at low priority"
             time.sleep(0.05)
+        # On cores of its own, which the engines leave to it while it runs.
+        cores, threads = sorted(os.sched_getaffinity(0)), admin.settings.calibration_build_threads
+        reserved = http.get("/metrics").text
+        if threads < len(cores):
+            assert os.sched_getaffinity(pid) == set(cores[-threads:])
+            assert f"ptq4vm_engine_cores_reserved {float(threads)}" in reserved
+        else:
+            assert "ptq4vm_engine_cores_reserved 0.0" in reserved
         assert http.delete(f"/admin/calibrations/{first}", headers=AUTH).status_code == 200
         job = wait_for(http, first, {"cancelled", "done", "failed"})
         assert job["state"] == "cancelled", job
