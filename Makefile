@@ -23,6 +23,14 @@ setup: $(STAMP)
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 		&& (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "setup: chromium missing and not installable here (needs apt and root); the browser test (-m browser) will fail"; }
+	@# Debian's nginx for the routing test (tests/deploy/test_nginx.py starts its own on loopback).
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && apt-get install -y -qq nginx) \
+		|| echo "setup: nginx missing and not installable here (needs apt and root); tests/deploy/test_nginx.py will fail"; }
+	@# Debian's firefox-esr for the Firefox browser test (driven over Marionette; no geckodriver).
+	@command -v firefox-esr >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && apt-get install -y -qq firefox-esr) \
+		|| echo "setup: firefox-esr missing and not installable here (needs apt and root); the Firefox browser test (-m browser) will fail"; }
 
 serve: setup
 	$(VENV)/bin/ptq4vm serve --host $(HOST) --port $(PORT)

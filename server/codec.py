@@ -27,6 +27,19 @@ class FrameError(ValueError):
         self.code = code
 
 
+def network_size_error(width: int, height: int, ratio: float) -> str | None:
+    """Why the network cannot run at `ratio` x a WxH frame, or None. It resizes the frame by
+    the ratio first (a float32 scale, sizes rounded down); a side under 1 px there fails in
+    the engine's first convolution."""
+    side = min(width, height)
+    if np.floor(np.float32(side) * np.float32(ratio)) >= 1:
+        return None
+    return (
+        f"downsample_ratio {ratio:g} runs the network at less than 1 px on the {side}-px side "
+        f"of a {width}x{height} frame; use a ratio of at least {1 / side:.4g} or larger frames"
+    )
+
+
 def decode_image(data: bytes) -> NDArray[np.uint8]:
     """PNG/JPEG (or anything OpenCV reads) -> [H,W,3] uint8 RGB; FrameError if undecodable."""
     buffer = np.frombuffer(data, np.uint8)

@@ -31,7 +31,7 @@ from server.protocol import (
 )
 from server.registry import ModelLease, ModelUnavailableError
 from server.services import Services
-from server.sessions import Session
+from server.sessions import Session, proposable_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class Connection:
         self.services = services
         self.settings = services.settings
         self.resume_id = resume
+        # An ID that names no session becomes the new session's ID when it has the right form.
+        self.proposed_id = resume if resume is not None and proposable_session_id(resume) else None
         self.phase = Phase.AWAITING_START
         self.session: Session | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -201,7 +203,12 @@ class Connection:
             lease.release()
             raise self._at_capacity()
         ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
-        session = Session(start, ratio, lease, self.services.scheduler, self.services.metrics)
+        proposed = self.proposed_id
+        if proposed is not None and sessions.get(proposed) is not None:
+            proposed = None  # another connection started it while the model loaded
+        session = Session(
+            start, ratio, lease, self.services.scheduler, self.services.metrics, proposed
+        )
         self.session = session
         sessions.add(session, self)
         self.phase = Phase.STREAMING

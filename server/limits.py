@@ -2,15 +2,27 @@
 
 A request whose Content-Length is over the limit is refused before its body is read; a body
 that turns out longer (chunked uploads) is cut off as soon as it passes the limit, so an
-upload never fills the disk beyond it.
+upload never fills the disk beyond it. A disk that fills up anyway while an upload is written
+is answered 507 (`disk_full`), never 500.
 """
 
 from __future__ import annotations
+
+import errno
+import logging
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+# Starlette answers a body that is not valid multipart/form-data with 400 before a route runs;
+# the upload routes declare it, so their OpenAPI lists every status they answer.
+MALFORMED_UPLOAD: dict[int | str, dict[str, str]] = {
+    400: {"description": "The body is not valid multipart/form-data."}
+}
 
 
 class UploadLimits:
@@ -43,3 +55,12 @@ class UploadLimits:
             return message
 
         await self.app(scope, limited, send)
+
+
+def disk_full(exc: OSError) -> HTTPException | None:
+    """The 507 answer for an upload that ran out of disk space (ENOSPC, EDQUOT) while it was
+    written; None for any other OSError (left to raise). The path stays in the server's log."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    logger.error("an upload ran out of disk space: %s", exc)
+    return HTTPException(507, "the server has no disk space left to store the upload; retry later")

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.codec import InputFormat, OutputFormat
+from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.codec import InputFormat, OutputFormat, network_size_error
 
 
 class Close(IntEnum):
@@ -93,6 +94,10 @@ def parse_start(obj: dict[str, Any], max_side: int) -> StartMessage:
             "(PTQ4VM_MAX_FRAME_SIDE)",
             Close.POLICY,
         )
+    ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+    problem = network_size_error(start.width, start.height, ratio)
+    if problem is not None:
+        raise ProtocolError("bad_start", problem, Close.POLICY)
     return start
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ logger = logging.getLogger(__name__)
 # Mattes waiting to be written to a socket before the session stops feeding the scheduler:
 # a client that does not read sees its frames dropped instead of the server's memory grow.
 MAX_BACKLOG = 2
+
+# A session ID is a bearer capability: whoever knows it can resume the session. A client may
+# propose the ID of a new session (`?session=ID` naming no session) when it is at least as long
+# as the server's own (`token_urlsafe(16)`, 22 characters): that is how a proxy routing on the ID
+# lands a new session and all its resumes on one replica (docs/operations.md, sticky routing).
+_PROPOSABLE_ID = re.compile(r"[A-Za-z0-9_-]{22,128}")
+
+
+def proposable_session_id(value: str) -> bool:
+    """Whether `value` may become the ID of a new session."""
+    return _PROPOSABLE_ID.fullmatch(value) is not None
 
 
 class Outbox(Protocol):
@@ -60,8 +72,10 @@ class Session:
         lease: ModelLease,
         scheduler: Scheduler,
         metrics: Metrics,
+        session_id: str | None = None,
     ) -> None:
-        self.id = secrets.token_urlsafe(16)
+        """`session_id` is a client's proposal (see `proposable_session_id`); None makes one."""
+        self.id = session_id or secrets.token_urlsafe(16)
         self.start = start
         self.ratio = ratio
         self.lease = lease

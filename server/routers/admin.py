@@ -20,6 +20,7 @@ from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.io.video import VideoError, iter_frames, probe
 from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
+from server.limits import MALFORMED_UPLOAD, disk_full
 from server.registry import ModelUnavailableError
 
 
@@ -75,7 +76,10 @@ def _validate_video(path: Path) -> None:
 
 
 async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
-    sha256, size = await asyncio.to_thread(_save, upload.file, target)
+    try:
+        sha256, size = await asyncio.to_thread(_save, upload.file, target)
+    except OSError as exc:
+        raise disk_full(exc) or exc from None
     try:
         await asyncio.to_thread(_validate_video, target)
     except VideoError as exc:
@@ -89,10 +93,14 @@ async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
     "/calibrations",
     status_code=202,
     responses={
+        **MALFORMED_UPLOAD,
         413: {"description": "The upload is over PTQ4VM_MAX_CALIBRATION_BYTES."},
         415: {"description": "A clip or alpha that is not a video that can be decoded."},
         422: {"description": "Bad bits, method, profile, or alphas that do not match clips."},
-        507: {"description": "Less free disk space than PTQ4VM_MIN_FREE_BYTES."},
+        507: {
+            "description": "Less free disk space than PTQ4VM_MIN_FREE_BYTES, or the disk "
+            "filled up while the uploads were stored."
+        },
     },
 )
 async def create_calibration(
@@ -116,7 +124,10 @@ async def create_calibration(
         calibrations.check_disk()
     except InsufficientStorageError as exc:
         raise HTTPException(507, str(exc)) from None
-    job_id, job_dir = calibrations.new_dir()
+    try:
+        job_id, job_dir = calibrations.new_dir()
+    except OSError as exc:
+        raise disk_full(exc) or exc from None
     try:
         rows = []
         for index, clip in enumerate(clips):

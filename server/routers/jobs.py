@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from ptq4vm_core.io.video import VideoError, iter_frames, parse_background, probe
 from server.deps import JobsDep, RegistryDep
 from server.jobs import OUTPUTS, Container, Job, JobsFullError, JobState, OutputKind
+from server.limits import MALFORMED_UPLOAD, disk_full
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -38,10 +39,12 @@ def _validate_video(path: Path) -> None:
     "",
     status_code=202,
     responses={
+        **MALFORMED_UPLOAD,
         413: {"description": "The upload is over PTQ4VM_MAX_UPLOAD_BYTES."},
         415: {"description": "Not a video that can be decoded."},
         422: {"description": "Bad output, container, background, ratio or model."},
         503: {"description": "Too many jobs queued (PTQ4VM_MAX_JOBS)."},
+        507: {"description": "The disk filled up while the upload was stored."},
     },
 )
 async def create_job(
@@ -72,7 +75,10 @@ async def create_job(
         parse_background(background, 2, 2)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    job_id, job_dir = jobs.new_dir()
+    try:
+        job_id, job_dir = jobs.new_dir()
+    except OSError as exc:
+        raise disk_full(exc) or exc from None
     suffix = Path(video.filename or "").suffix.lower()[:8] or ".bin"
     source = job_dir / f"input{suffix}"
     try:
@@ -83,6 +89,9 @@ async def create_job(
         raise HTTPException(
             415, f"{video.filename or 'upload'} is not a video that can be decoded: {exc}"
         ) from None
+    except OSError as exc:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise disk_full(exc) or exc from None
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise

@@ -10,8 +10,9 @@ from fastapi.responses import Response
 
 from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.pipeline import resolve_downsample_ratio
-from server.codec import FrameError, decode_image, encode_alpha, to_batch
+from server.codec import FrameError, decode_image, encode_alpha, network_size_error, to_batch
 from server.deps import MetricsDep, RegistryDep, SchedulerDep
+from server.limits import MALFORMED_UPLOAD
 from server.registry import ModelUnavailableError
 from server.scheduler import Work
 
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["matte"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "The upload is over PTQ4VM_MAX_IMAGE_BYTES."},
     415: {"description": "Not an image (PNG or JPEG) that can be decoded."},
-    422: {"description": "Unknown model or bad downsample_ratio."},
+    422: {"description": "Unknown model, bad downsample_ratio, or one too small for the image."},
     503: {"description": "The model cannot be loaded."},
 }
 
@@ -28,7 +29,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/matte",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "Alpha matte."}, **ERRORS},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "Alpha matte."},
+        **MALFORMED_UPLOAD,
+        **ERRORS,
+    },
 )
 async def matte(
     image: Annotated[UploadFile, File(description="PNG or JPEG image.")],
@@ -47,6 +52,9 @@ async def matte(
         raise HTTPException(415, f"{image.filename or 'upload'}: {exc}") from None
     height, width = rgb.shape[:2]
     ratio = resolve_downsample_ratio(downsample_ratio, width, height)
+    problem = network_size_error(width, height, ratio)
+    if problem is not None:
+        raise HTTPException(422, problem)
     try:
         lease = await asyncio.to_thread(registry.acquire, model)
     except ModelNotFoundError as exc:

@@ -17,7 +17,11 @@ async def stream(
     websocket: WebSocket,
     services: ServicesDep,
     session: Annotated[
-        str | None, Query(description="Resume this session (within its TTL).")
+        str | None,
+        Query(
+            description="Resume this session (within its TTL). An ID that names no session "
+            "starts a new one, which takes that ID when it is 22 to 128 URL-safe characters."
+        ),
     ] = None,
 ) -> None:
     await Connection(websocket, services, resume=session).run()

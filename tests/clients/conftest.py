@@ -16,5 +16,5 @@ from tests.server.conftest import (  # noqa: F401  (fixtures, registered by impo
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "browser: drives Debian's chromium headless (installed by `make setup`)"
+        "markers", "browser: drives Debian's chromium or firefox-esr headless (`make setup`)"
     )

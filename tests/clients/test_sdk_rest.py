@@ -1,4 +1,5 @@
-"""The SDK's REST helpers against a real server: single images and video jobs."""
+"""The SDK's REST helpers against a real server: single images, video jobs, admin
+calibrations (a real MinMax calibration child at the fast profile)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from ptq4vm_client import AsyncClient, Client, Job, ServiceError
+from ptq4vm_client import AsyncClient, Calibration, Client, Job, ServiceError
 
 from ptq4vm_core.io.video import iter_frames, open_writer
-from tests.server.conftest import RunningServer
+from tests.server.conftest import Assets, RunningServer, ServerFactory
+
+ADMIN_TOKEN = "sdk-admin-token"
 
 
 def test_matte_image_equals_first_stream_frame(
@@ -63,3 +66,28 @@ def test_errors_name_status_and_detail(server: RunningServer, tmp_path: Path) ->
                 await client.calibration("x")
 
     asyncio.run(run())
+
+
+def test_admin_calibration_with_progress_activate_and_roll_back(
+    start_server: ServerFactory, assets: Assets
+) -> None:
+    admin = start_server(admin_token=ADMIN_TOKEN, min_free_bytes=0)
+    progress: list[Calibration] = []
+    with Client(admin.http, admin_token="wrong") as wrong, pytest.raises(ServiceError) as refused:
+        wrong.admin_models()
+    assert refused.value.status == 403
+    with Client(admin.http, admin_token=ADMIN_TOKEN) as client:
+        job = client.start_calibration(
+            [assets.clip], method="minmax", profile="fast", activate=True
+        )
+        assert job.state in ("queued", "running")
+        done = client.wait_calibration(job.id, timeout=300, poll_s=0.2, on_progress=progress.append)
+        assert done.state == "done", done.error
+        assert done.version is not None
+        assert done.metrics is not None
+        assert done.metrics["passed"] is True
+        assert progress[-1].finished
+        assert any(p.stage not in (None, "start") for p in progress)  # stages were reported
+        assert client.admin_models()["active"] == done.version
+        assert client.activate_model("fp32") == {"active": "fp32"}
+        assert client.models()["active"] == "fp32"

@@ -1,0 +1,9 @@
+"""The fuzz tests run on the integration fixtures of tests/server: real uvicorn servers on
+loopback with their own PTQ4VM_HOME, the real weights and sample clip; nothing mocked."""
+
+from tests.server.conftest import (  # noqa: F401 - fixtures
+    assets,
+    clip_rgb,
+    server,
+    start_server,
+)
