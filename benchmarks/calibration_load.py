@@ -18,11 +18,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from ptq4vm_core.assets import sample_clip_path
 from ptq4vm_core.cli.common import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import RunResult, Server, encoded_frames, run
+from stream import RunResult, Server, encoded_frames, run, run_header
 
 TOKEN = "calibration-load-benchmark"
 
@@ -100,10 +98,7 @@ def main() -> None:
         server.stop()
     ratio = phases["calibrating"].ms_p99 / phases["idle"].ms_p99
     report = {
-        "command": "python benchmarks/calibration_load.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        **run_header("calibration_load.py"),
         "model": args.model,
         "size": args.size,
         "calibration": {"bits": args.bits, "method": args.method, "profile": args.profile},

@@ -32,11 +32,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from ptq4vm_core.cli.common import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import Server, encoded_frames
+from stream import Server, encoded_frames, run_header
 
 GAUGES = ("ptq4vm_stream_sessions_active", "ptq4vm_stream_sessions_detached")
 MiB = 1 << 20
@@ -464,10 +462,7 @@ def main() -> None:
         if server is not None:
             server.stop()
     part.update(
-        command="python benchmarks/load.py " + " ".join(sys.argv[1:]),
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        **run_header("load.py"),
         load_before=load_before,
         model_arg=args.model,
     )

@@ -213,6 +213,16 @@ async def run(
     )
 
 
+def run_header(script: str) -> dict[str, str]:
+    """Command, date and machine of a benchmark run, as every report states them."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores",
+    }
+
+
 def engine_bench(model: str, size: str, frames: int) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -320,10 +330,7 @@ def main() -> None:
     results = [median_results(r) for r in runs.values()]
     one = {str(r["max_batch"]): r["fps"] / bench["fps"] for r in results if r["sessions"] == 1}
     report = {
-        "command": "python benchmarks/stream.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        **run_header("stream.py"),
         "model": args.model,
         "size": args.size,
         "inflight": args.inflight,

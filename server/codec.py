@@ -3,6 +3,7 @@ called from the inference workers."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -11,6 +12,7 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.io.video import VideoError, iter_frames, probe
 
 InputFormat = Literal["jpeg", "png", "rgb24"]
 OutputFormat = Literal["alpha_png", "alpha_raw"]
@@ -88,3 +90,15 @@ def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return png.tobytes()
+
+
+def validate_video(path: Path) -> None:
+    """Raises VideoError unless PyAV opens `path` and decodes a first frame from it."""
+    probe(path)
+    frames = iter_frames(path)
+    try:
+        next(frames)
+    except StopIteration:
+        raise VideoError("the video has no frames") from None
+    finally:
+        frames.close()  # type: ignore[attr-defined]

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Uploa
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine import ModelNotFoundError
-from ptq4vm_core.io.video import VideoError, iter_frames, probe
+from ptq4vm_core.io.video import VideoError
 from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
+from server.codec import validate_video
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
 from server.limits import MALFORMED_UPLOAD, disk_full
 from server.registry import ModelUnavailableError
@@ -63,25 +64,13 @@ def _save(source: BinaryIO, target: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _validate_video(path: Path) -> None:
-    """Raises VideoError unless PyAV opens `path` and decodes a first frame from it."""
-    probe(path)
-    frames = iter_frames(path)
-    try:
-        next(frames)
-    except StopIteration:
-        raise VideoError("the video has no frames") from None
-    finally:
-        frames.close()  # type: ignore[attr-defined]
-
-
 async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
     try:
         sha256, size = await asyncio.to_thread(_save, upload.file, target)
     except OSError as exc:
         raise disk_full(exc) or exc from None
     try:
-        await asyncio.to_thread(_validate_video, target)
+        await asyncio.to_thread(validate_video, target)
     except VideoError as exc:
         raise HTTPException(
             415, f"{what} ({upload.filename or 'upload'}) is not a video that can be decoded: {exc}"

@@ -10,7 +10,8 @@ from typing import Annotated, Any, BinaryIO
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse
 
-from ptq4vm_core.io.video import VideoError, iter_frames, parse_background, probe
+from ptq4vm_core.io.video import VideoError, parse_background
+from server.codec import validate_video
 from server.deps import JobsDep, RegistryDep
 from server.jobs import OUTPUTS, Container, Job, JobsFullError, JobState, OutputKind
 from server.limits import MALFORMED_UPLOAD, disk_full
@@ -21,18 +22,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def _save(source: BinaryIO, target: Path) -> None:
     with target.open("wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
-
-
-def _validate_video(path: Path) -> None:
-    """Raises VideoError unless PyAV opens `path` and decodes a first frame from it."""
-    probe(path)
-    frames = iter_frames(path)
-    try:
-        next(frames)
-    except StopIteration:
-        raise VideoError("the video has no frames") from None
-    finally:
-        frames.close()  # type: ignore[attr-defined]
 
 
 @router.post(
@@ -83,7 +72,7 @@ async def create_job(
     source = job_dir / f"input{suffix}"
     try:
         await asyncio.to_thread(_save, video.file, source)
-        await asyncio.to_thread(_validate_video, source)
+        await asyncio.to_thread(validate_video, source)
     except VideoError as exc:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise HTTPException(
