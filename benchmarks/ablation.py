@@ -2,7 +2,9 @@
 
 Rows, at each bit width: FP32, MinMax, BRECQ, BRECQ+GAC, BRECQ+GAC+OFA, QDrop, QDrop+GAC,
 QDrop+GAC+OFA; and beyond the paper, QDrop+GAC+OFA without the occlusion mask (every pixel's
-flow trusted) to show what the forward-backward check is worth. All are calibrated on the
+flow trusted) to show what the forward-backward check is worth, and with `--mixed BITS` QDrop
+and QDrop+GAC+OFA with the inputs of the four most sensitive layers in float
+(`calibrate.SENSITIVE_INPUTS`). All are calibrated on the
 sample clip with one profile; the BIQ artifacts are those of `benchmarks/baselines.py` (built
 here when missing) and the global stage starts from them, so every +GAC row differs from its
 base row by the global stage alone. Scored on the ground-truth evaluation clips with the
@@ -10,7 +12,7 @@ PyTorch simulation; effective GFLOPs count each convolution's multiply-accumulat
 1920x1080, downsample 0.25 (RVM's setting) times its bit width over 32. Writes
 docs/benchmarks/ablation-<profile>.{md,json,png}.
 
-    python benchmarks/ablation.py --profile standard --bits w8a8 w4a4 --reuse
+    python benchmarks/ablation.py --profile standard --bits w8a8 w4a4 --mixed w8a8 --reuse
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from ptq4vm_core.artifact import load_artifact, read_manifest, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
-from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate, rvm_policy
+from ptq4vm_core.calib.calibrate import SENSITIVE_INPUTS, Ptq4vmOptions, calibrate, rvm_policy
 from ptq4vm_core.calib.data import CalibrationSet, build_calibration_set
 from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
@@ -49,9 +51,9 @@ CLI = [sys.executable, "-m", "ptq4vm_core.cli"]
 COLUMNS = (*METRIC_NAMES, "MAD_vs_fp32")
 
 
-def layer_bits(bits: str) -> dict[str, int]:
+def layer_bits(bits: str, float_inputs: tuple[str, ...] = ()) -> dict[str, int]:
     """Per conv, the wider of its weight and activation bit widths under `rvm_policy`."""
-    policy = rvm_policy(bits)
+    policy = rvm_policy(bits, float_inputs=float_inputs)
     out = {}
     for name in conv_names():
         layer = policy.for_layer(name)
@@ -67,12 +69,13 @@ def conv_names() -> list[str]:
     return [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def base_artifact(method: str, bits: str, profile: str, work: Path) -> Path:
-    path = work / "baselines" / f"{method}-{bits}-{profile}"
+def base_artifact(method: str, bits: str, profile: str, work: Path, mixed: bool = False) -> Path:
+    path = work / "baselines" / f"{method}{'-mixed' * mixed}-{bits}-{profile}"
     if not (path / "manifest.json").is_file():
         subprocess.run(
             [*CLI, "calibrate", "--clips", str(sample_clip_path()), "--bits", bits,
-             "--method", method, "--profile", profile, "--out", str(path)],
+             "--method", method, "--profile", profile, "--out", str(path),
+             *(["--float-inputs", "sensitive"] if mixed else [])],
             check=True,
         )  # fmt: skip
     return path
@@ -80,15 +83,16 @@ def base_artifact(method: str, bits: str, profile: str, work: Path) -> Path:
 
 def global_stage(
     fp: MattingNetwork, data: CalibrationSet, base: Path, opts: Ptq4vmOptions, bits: str,
-    profile: Profile, out: Path, reuse: bool,
+    profile: Profile, out: Path, reuse: bool, float_inputs: tuple[str, ...] = (),
 ) -> Path:  # fmt: skip
     """PTQ4VM's global stage on the BIQ artifact `base`, saved at `out`."""
     if reuse and (out / "manifest.json").is_file():
         return out
     biq = load_artifact(base).model
     result = calibrate(
-        fp, data, bits=bits, method=Method.PTQ4VM, profile=profile, ptq4vm=opts, biq_model=biq
-    )
+        fp, data, bits=bits, method=Method.PTQ4VM, profile=profile, ptq4vm=opts, biq_model=biq,
+        float_inputs=float_inputs,
+    )  # fmt: skip
     return save_artifact(result, data, out)
 
 
@@ -106,6 +110,13 @@ def main() -> None:
     parser.add_argument("--no-nomask", action="store_true", help="skip the unmasked-OFA rows")
     parser.add_argument("--bases", nargs="+", type=Base, default=[Base.BRECQ, Base.QDROP])
     parser.add_argument("--no-minmax", action="store_true", help="skip the MinMax rows")
+    parser.add_argument(
+        "--mixed",
+        nargs="*",
+        default=[],
+        metavar="BITS",
+        help="at these bit widths also QDrop and QDrop+GAC+OFA with the sensitive inputs in float",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.monotonic()
@@ -122,8 +133,10 @@ def main() -> None:
     )
     rows: list[dict[str, object]] = []
 
-    def add(config: str, bits: str, model: str, engine: str, timing: dict[str, float]) -> None:
-        gflops = effective_gflops(macs, layer_bits(bits) if bits != "w32a32" else {})
+    def add(config: str, bits: str, model: str, engine: str, timing: dict[str, float],
+            float_inputs: tuple[str, ...] = ()) -> None:  # fmt: skip
+        per_layer = layer_bits(bits, float_inputs) if bits != "w32a32" else {}
+        gflops = effective_gflops(macs, per_layer)
         metrics = evaluate_clips(load_engine(model, engine), clips, reference=reference)
         rows.append({"config": config, "bits": bits, "gflops": gflops, **timing, **metrics})
         print(json.dumps(rows[-1]), flush=True)
@@ -148,6 +161,15 @@ def main() -> None:
                 timing = seconds(path)
                 timing["biq"] = seconds(biq)["biq"]
                 add(name + suffix, bits, str(path), "sim", timing)
+        if bits in args.mixed:
+            biq = base_artifact("qdrop", bits, profile, args.work, mixed=True)
+            add("QDrop (mixed)", bits, str(biq), "sim", seconds(biq), SENSITIVE_INPUTS)
+            opts = Ptq4vmOptions(Base.QDROP)
+            out = args.work / "ablation" / f"{opts.label()}-mixed-{bits}-{profile.value}"
+            path = global_stage(fp, data, biq, opts, bits, profile, out, args.reuse,
+                                SENSITIVE_INPUTS)  # fmt: skip
+            timing = seconds(path) | {"biq": seconds(biq)["biq"]}
+            add("QDrop+GAC+OFA (mixed)", bits, str(path), "sim", timing, SENSITIVE_INPUTS)
 
     write(rows, args, clips, time.monotonic() - started)
 
@@ -163,6 +185,7 @@ def write(rows: list[dict[str, object]], args: argparse.Namespace, clips: list[P
         "command": f"python benchmarks/ablation.py --profile {profile} --bits "
         f"{' '.join(args.bits)} --bases {' '.join(b.value for b in args.bases)}"
         + (" --no-minmax" if args.no_minmax else "")
+        + (f" --mixed {' '.join(args.mixed)}" if args.mixed else "")
         + (" --reuse" if args.reuse else ""),
         "wall_s": wall,
     }

@@ -176,9 +176,11 @@ def quality(engines: dict[str, Engine]) -> dict[str, dict[str, float]]:
     return {k: evaluate_clips(e, clips, reference=engines["fp32"]) for k, e in engines.items()}
 
 
-def write(meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+def write(
+    meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any], name: str = "engine"
+) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows, **extra}, indent=2))
+    (OUT / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, **extra}, indent=2))
     lines = [
         "# Deployed int8 engine vs ORT FP32 and ORT quantize_static",
         "",
@@ -201,7 +203,7 @@ def write(meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any
             f"{r['ours_fps'] / r['quantize_static_fps']:.2f}x | {r['ours_ms_p50']:.1f} | "
             f"{r['ours_ms_p99']:.1f} |"
         )
-    lines += ["", "![fps](engine.png)", ""]
+    lines += ["", f"![fps]({name}.png)", ""]
     if "quality" in extra:
         lines += [
             "## Quality on the evaluation clips",
@@ -237,7 +239,7 @@ def write(meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any
                 f"{255 * p['sim_noise_mean']:.2f} |"
             )
         lines.append("")
-    (OUT / "engine.md").write_text("\n".join(lines))
+    (OUT / f"{name}.md").write_text("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.27
@@ -252,8 +254,8 @@ def write(meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any
     ax.set_title(f"RVM on this CPU ({meta['threads']} threads): ratios vs ORT FP32")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "engine.png", dpi=120)
-    print(f"wrote {OUT / 'engine.md'}")
+    fig.savefig(OUT / f"{name}.png", dpi=120)
+    print(f"wrote {OUT / f'{name}.md'}")
 
 
 def main() -> None:
@@ -270,6 +272,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-quality", action="store_true", help="speed only")
     parser.add_argument("--note", default="", help="a remark for the report (e.g. machine load)")
+    parser.add_argument("--out", default="engine", help="report name under docs/benchmarks")
     args = parser.parse_args()  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -297,6 +300,8 @@ def main() -> None:
         command += " --parity-artifacts " + " ".join(str(a) for a in args.parity_artifacts)
     if args.skip_quality:
         command += " --skip-quality"
+    if args.out != "engine":
+        command += f" --out {args.out}"
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
@@ -311,7 +316,7 @@ def main() -> None:
         "note": args.note,
         "seconds": round(time.monotonic() - started),
     }
-    write(meta, rows, extra)
+    write(meta, rows, extra, args.out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,26 @@ from ptq4vm_core.calib.progress import ProgressCallback, ProgressTracker, log_pr
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
-from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
+from ptq4vm_core.quant.spec import LayerPolicy, QuantPolicy, parse_bits, weight_spec
 
 logger = logging.getLogger(__name__)
 
 FIRST_LAYERS = ("backbone.features.0.0",)
 LAST_LAYERS = ("project_mat", "refiner.conv3")
+# The layers whose 8-bit input grids cost RVM the most: each one's activation quantizer alone
+# in float lowered the QDrop W8A8 model's error against FP32 the most (benchmarks/sensitivity.py,
+# docs/benchmarks/sensitivity-qdrop-w8a8.md). Three of them take inputs that one per-tensor grid
+# fits badly: refiner.conv1 a concat of covariances (~1e-3) with hidden features (~10),
+# decode1.conv a concat of features with the image, the box filter the image, the prediction and
+# their products; backbone.features.1's depthwise conv the stem's output (+-55). With
+# `float_inputs=SENSITIVE_INPUTS` their inputs stay in float (their weights stay quantized):
+# mixed precision, named so in the artifact's policy.
+SENSITIVE_INPUTS = (
+    "refiner.conv1",
+    "backbone.features.1.block.0.0",
+    "decode1.conv",
+    "refiner.box_filter",
+)
 QDROP_PROB = 0.5
 OFA_WEIGHT = 0.02  # lambda: the L1 prior next to the alpha MSE
 
@@ -69,12 +83,28 @@ class Ptq4vmOptions:
                 "ofa_weight": self.ofa_weight, "mask_occlusions": self.mask_occlusions}  # fmt: skip
 
 
-def rvm_policy(bits: str, *, first_last_8bit: bool = True) -> QuantPolicy:
+def rvm_policy(
+    bits: str, *, first_last_8bit: bool = True, float_inputs: tuple[str, ...] = ()
+) -> QuantPolicy:
     """Every convolution quantized at `bits` ("w8a8", "w4a8", "w4a4"); the first and the last
-    layers at W8A8 unless switched off, as BRECQ and QDrop do."""
+    layers at W8A8 unless switched off, as BRECQ and QDrop do; the layers in `float_inputs`
+    with their weights quantized as that says and their input activations in float."""
     w_bits, a_bits = parse_bits(bits)
     keep8 = (*FIRST_LAYERS, *LAST_LAYERS) if first_last_8bit else ()
-    return QuantPolicy.from_bits(w_bits, a_bits, first_last_8bit=keep8)
+    policy = QuantPolicy.from_bits(w_bits, a_bits, first_last_8bit=keep8)
+    if not float_inputs:
+        return policy
+    from ptq4vm_core.artifact.layout import MODEL_NAME, architecture  # the artifact imports us
+
+    known = architecture(MODEL_NAME).convs
+    unknown = sorted(set(float_inputs) - set(known))
+    if unknown:
+        raise ValueError(f"float inputs {unknown} name no convolution of {MODEL_NAME}")
+    overrides = dict(policy.overrides)
+    for name in float_inputs:
+        weight = overrides[name].weight if name in overrides else weight_spec(w_bits)
+        overrides[name] = LayerPolicy(weight=weight, activation=None)
+    return replace(policy, overrides=overrides)
 
 
 def start_env(model: MattingNetwork, data: CalibrationSet) -> SeqEnv:
@@ -106,6 +136,7 @@ def calibrate(
     profile: Profile,
     device: str = "cpu",
     first_last_8bit: bool = True,
+    float_inputs: tuple[str, ...] = (),
     progress: ProgressCallback = log_progress,
     seed: int = 0,
     ptq4vm: Ptq4vmOptions | None = None,
@@ -127,7 +158,7 @@ def calibrate(
     dev = torch.device(device)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    policy = rvm_policy(bits, first_last_8bit=first_last_8bit)
+    policy = rvm_policy(bits, first_last_8bit=first_last_8bit, float_inputs=float_inputs)
     fp = copy.deepcopy(fp_model).to(dev).eval().requires_grad_(False)
     if biq_model is not None:
         q_model = _reuse_biq(biq_model, policy, dev)

@@ -35,12 +35,25 @@ def calibrate_command(
     base: Annotated[Base, typer.Option(help="PTQ4VM's BIQ stage: qdrop or brecq.")] = Base.QDROP,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Random seed (data and optimisation).")] = 0,
+    float_inputs: Annotated[
+        str,
+        typer.Option(
+            help="Mixed precision: layers whose input activations stay in float (weights stay "
+            "quantized), comma-separated, or 'sensitive' for the four whose 8-bit inputs cost "
+            "the most (see docs/quantization.md)."
+        ),
+    ] = "",
 ) -> None:
     """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ptq4vm_core.artifact import save_artifact
-    from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
+    from ptq4vm_core.calib.calibrate import (
+        SENSITIVE_INPUTS,
+        Ptq4vmOptions,
+        calibrate,
+        rvm_policy,
+    )
 
     with user_errors():
         # DESIGN 4.2 spells `--clips PATH [PATH ...]`; click options take one value, so the
@@ -60,6 +73,9 @@ def calibrate_command(
             ptq4vm = Ptq4vmOptions(base=base, gac=not no_gac, ofa=not no_ofa)
         elif no_gac or no_ofa or base is not Base.QDROP:
             raise ValueError("--no-gac, --no-ofa and --base apply to --method ptq4vm only")
+        names = tuple(n.strip() for n in float_inputs.split(",") if n.strip())
+        floats = SENSITIVE_INPUTS if names == ("sensitive",) else names
+        rvm_policy(bits, float_inputs=floats)  # refuse unknown names before the long work
         prof = PROFILES[profile]
         data = build_calibration_set(
             clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side, seed=seed
@@ -92,7 +108,7 @@ def calibrate_command(
 
             result = calibrate(
                 fp, data, bits=bits, method=method, profile=profile, device=device,
-                progress=show, seed=seed, ptq4vm=ptq4vm,
+                progress=show, seed=seed, ptq4vm=ptq4vm, float_inputs=floats,
             )  # fmt: skip
         path = save_artifact(result, data, out)
     label = ptq4vm.label() if ptq4vm is not None else method.value

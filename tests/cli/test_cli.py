@@ -125,6 +125,22 @@ def test_bench_json(engine: str) -> None:
         (["matte", "{clip}", "--model", "fp32", "--alpha-out", "x", "--downsample", "2"], "(0, 1]"),
         (["matte", "{junk}", "--model", "fp32", "--alpha-out", "x"], "cannot decode"),
         (["bench", "--model", "fp32", "--size", "big"], "size must look like 512x288"),
+        (
+            [
+                "calibrate",
+                "--clips",
+                "{clip}",
+                "--bits",
+                "w8a8",
+                "--method",
+                "qdrop",
+                "--out",
+                "x",
+                "--float-inputs",
+                "decode1.conv,decoder.nope",
+            ],
+            "float inputs ['decoder.nope'] name no convolution",
+        ),
     ],
 )
 def test_clear_errors(args: list[str], message: str, sample_clip: Path, tmp_path: Path) -> None:
