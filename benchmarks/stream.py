@@ -213,10 +213,17 @@ async def run(
     )
 
 
+# Server settings a benchmark's result depends on; set in the environment, they are part of the
+# command a report states.
+TUNING = ("PTQ4VM_THREADS", "PTQ4VM_INFER_WORKERS", "PTQ4VM_MAX_BATCH")
+
+
 def run_header(script: str) -> dict[str, str]:
-    """Command, date and machine of a benchmark run, as every report states them."""
+    """Command (with the tuning variables set), date and machine of a benchmark run, as every
+    report states them."""
+    env = "".join(f"{k}={os.environ[k]} " for k in TUNING if k in os.environ)
     return {
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "command": f"{env}python benchmarks/{script} " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores",
