@@ -3,8 +3,9 @@
 Rows, at each bit width: FP32, MinMax, BRECQ, BRECQ+GAC, BRECQ+GAC+OFA, QDrop, QDrop+GAC,
 QDrop+GAC+OFA; and beyond the paper, QDrop+GAC+OFA without the occlusion mask (every pixel's
 flow trusted) to show what the forward-backward check is worth, and with `--mixed BITS` QDrop
-and QDrop+GAC+OFA with the inputs of the four most sensitive layers in float
-(`calibrate.SENSITIVE_INPUTS`). All are calibrated on the
+and QDrop+GAC+OFA in mixed precision: the inputs of the four most sensitive layers in float
+(`calibrate.SENSITIVE_INPUTS`, "mixed") and of the three of them that are cheap in float
+(`calibrate.CHEAP_INPUTS`, "mixed, cheap"). All are calibrated on the
 sample clip with one profile; the BIQ artifacts are those of `benchmarks/baselines.py` (built
 here when missing) and the global stage starts from them, so every +GAC row differs from its
 base row by the global stage alone. Scored on the ground-truth evaluation clips with the
@@ -35,7 +36,13 @@ import torch
 
 from ptq4vm_core.artifact import load_artifact, read_manifest, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
-from ptq4vm_core.calib.calibrate import SENSITIVE_INPUTS, Ptq4vmOptions, calibrate, rvm_policy
+from ptq4vm_core.calib.calibrate import (
+    CHEAP_INPUTS,
+    SENSITIVE_INPUTS,
+    Ptq4vmOptions,
+    calibrate,
+    rvm_policy,
+)
 from ptq4vm_core.calib.data import CalibrationSet, build_calibration_set
 from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
@@ -69,13 +76,22 @@ def conv_names() -> list[str]:
     return [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def base_artifact(method: str, bits: str, profile: str, work: Path, mixed: bool = False) -> Path:
-    path = work / "baselines" / f"{method}{'-mixed' * mixed}-{bits}-{profile}"
+# Mixed-precision variants: (label, artifact name suffix, --float-inputs preset, layers).
+MIXED = [
+    ("mixed", "-mixed", "sensitive", SENSITIVE_INPUTS),
+    ("mixed, cheap", "-mixed3", "cheap", CHEAP_INPUTS),
+]
+
+
+def base_artifact(
+    method: str, bits: str, profile: str, work: Path, suffix: str = "", preset: str = ""
+) -> Path:
+    path = work / "baselines" / f"{method}{suffix}-{bits}-{profile}"
     if not (path / "manifest.json").is_file():
         subprocess.run(
             [*CLI, "calibrate", "--clips", str(sample_clip_path()), "--bits", bits,
              "--method", method, "--profile", profile, "--out", str(path),
-             *(["--float-inputs", "sensitive"] if mixed else [])],
+             *(["--float-inputs", preset] if preset else [])],
             check=True,
         )  # fmt: skip
     return path
@@ -161,15 +177,14 @@ def main() -> None:
                 timing = seconds(path)
                 timing["biq"] = seconds(biq)["biq"]
                 add(name + suffix, bits, str(path), "sim", timing)
-        if bits in args.mixed:
-            biq = base_artifact("qdrop", bits, profile, args.work, mixed=True)
-            add("QDrop (mixed)", bits, str(biq), "sim", seconds(biq), SENSITIVE_INPUTS)
+        for label, suffix, preset, layers in MIXED if bits in args.mixed else []:
+            biq = base_artifact("qdrop", bits, profile, args.work, suffix, preset)
+            add(f"QDrop ({label})", bits, str(biq), "sim", seconds(biq), layers)
             opts = Ptq4vmOptions(Base.QDROP)
-            out = args.work / "ablation" / f"{opts.label()}-mixed-{bits}-{profile.value}"
-            path = global_stage(fp, data, biq, opts, bits, profile, out, args.reuse,
-                                SENSITIVE_INPUTS)  # fmt: skip
+            out = args.work / "ablation" / f"{opts.label()}{suffix}-{bits}-{profile.value}"
+            path = global_stage(fp, data, biq, opts, bits, profile, out, args.reuse, layers)
             timing = seconds(path) | {"biq": seconds(biq)["biq"]}
-            add("QDrop+GAC+OFA (mixed)", bits, str(path), "sim", timing, SENSITIVE_INPUTS)
+            add(f"QDrop+GAC+OFA ({label})", bits, str(path), "sim", timing, layers)
 
     write(rows, args, clips, time.monotonic() - started)
 

@@ -39,8 +39,9 @@ def calibrate_command(
         str,
         typer.Option(
             help="Mixed precision: layers whose input activations stay in float (weights stay "
-            "quantized), comma-separated, or 'sensitive' for the four whose 8-bit inputs cost "
-            "the most (see docs/quantization.md)."
+            "quantized), comma-separated; 'sensitive' for the four whose 8-bit inputs cost the "
+            "most, 'cheap' for the three of them that cost little speed in float (see "
+            "docs/quantization.md)."
         ),
     ] = "",
 ) -> None:
@@ -49,6 +50,7 @@ def calibrate_command(
 
     from ptq4vm_core.artifact import save_artifact
     from ptq4vm_core.calib.calibrate import (
+        CHEAP_INPUTS,
         SENSITIVE_INPUTS,
         Ptq4vmOptions,
         calibrate,
@@ -74,7 +76,11 @@ def calibrate_command(
         elif no_gac or no_ofa or base is not Base.QDROP:
             raise ValueError("--no-gac, --no-ofa and --base apply to --method ptq4vm only")
         names = tuple(n.strip() for n in float_inputs.split(",") if n.strip())
-        floats = SENSITIVE_INPUTS if names == ("sensitive",) else names
+        presets: dict[tuple[str, ...], tuple[str, ...]] = {
+            ("sensitive",): SENSITIVE_INPUTS,
+            ("cheap",): CHEAP_INPUTS,
+        }
+        floats = presets.get(names, names)
         rvm_policy(bits, float_inputs=floats)  # refuse unknown names before the long work
         prof = PROFILES[profile]
         data = build_calibration_set(
