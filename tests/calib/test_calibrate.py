@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ptq4vm_core.artifact import load_artifact, read_manifest
 from ptq4vm_core.assets import SAMPLE_CLIP
-from ptq4vm_core.calib.calibrate import calibrate
+from ptq4vm_core.calib.calibrate import CHEAP_INPUTS, SENSITIVE_INPUTS, calibrate
 from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.cli.main import app
@@ -103,3 +103,18 @@ def test_calibrate_rejects_bad_options(sample_clip: Path, tmp_path: Path) -> Non
         assert result.exit_code == 2, result.output
         assert message in result.output
     assert not out.exists()
+
+
+def test_calibrate_float_inputs_preset(sample_clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cheap"
+    result = runner.invoke(
+        app,
+        ["calibrate", "--clips", str(sample_clip), "--bits", "w8a8", "--method", "minmax",
+         "--profile", "fast", "--float-inputs", "cheap", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    policy = read_manifest(out).policy
+    floats = {n for n, layer in policy.overrides.items() if layer.activation is None}
+    assert floats == set(CHEAP_INPUTS)
+    assert "decode1.conv" not in floats  # `sensitive` has it, `cheap` does not
+    assert set(CHEAP_INPUTS) < set(SENSITIVE_INPUTS)
