@@ -30,14 +30,20 @@ def write_y4m(frames: list[NDArray[np.uint8]], path: Path, fps: int = 15) -> Pat
     return path
 
 
+def debian_browser(package: str, *names: str) -> str:
+    """The first of `names` on PATH; failing that, how to install Debian's `package`."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    pytest.fail(
+        f"Debian's {package} is not installed: run `make setup` (it runs "
+        f"`apt-get install -y {package}` as root) or deselect with `-m 'not browser'`"
+    )
+
+
 def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed: run `make setup` (it runs "
-            "`apt-get install -y chromium` as root) or deselect with `-m 'not browser'`"
-        )
-    return path
+    return debian_browser("chromium", "chromium", "chromium-browser")
 
 
 def decode_data_url(url: str) -> NDArray[np.uint8]:

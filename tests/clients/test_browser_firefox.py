@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.clients.test_browser import ARTIFACTS, WEB, decode_data_url
+from tests.clients.test_browser import ARTIFACTS, WEB, debian_browser, decode_data_url
+from tests.net import free_port
 from tests.server.conftest import ServerFactory
 
 COLOURS = {"#0000ff": (0, 0, 255), "#ff0000": (255, 0, 0), "#00ff00": (0, 255, 0)}
@@ -58,20 +59,7 @@ PREFS: dict[str, Any] = {
 
 
 def firefox_path() -> str:
-    path = shutil.which("firefox-esr") or shutil.which("firefox")
-    if path is None:
-        pytest.fail(
-            "Debian's firefox-esr is not installed: run `make setup` (it runs "
-            "`apt-get install -y firefox-esr` as root) or deselect with `-m 'not browser'`"
-        )
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return debian_browser("firefox-esr", "firefox-esr", "firefox")
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from websockets.exceptions import ConnectionClosed
 
 from tests.deploy.conftest import DEPLOY
+from tests.net import free_port
 from tests.server.client import Stream
 from tests.server.conftest import Assets, make_home
 
@@ -54,13 +55,6 @@ def nginx_binary() -> str:
             "`apt-get install -y nginx` as root)"
         )
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -8,6 +8,7 @@ the user's cache.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,15 +22,21 @@ from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.model import MattingNetwork
 
 
+def tiny_artifact(rvm: MattingNetwork, clip: Path, out: Path, **options: Any) -> Path:
+    """A MinMax W8A8 calibration on 4 frames at 64 px (`options` go to `calibrate`)."""
+    data = build_calibration_set([clip], frames=4, seq_len=2, max_side=64)
+    result = calibrate(
+        rvm, data, bits="w8a8", method=Method.MINMAX, profile=Profile.FAST,
+        progress=lambda e: None, **options,
+    )  # fmt: skip
+    return save_artifact(result, data, out)
+
+
 @pytest.fixture(scope="session")
 def w8a8_artifact(
     rvm: MattingNetwork, sample_clip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    data = build_calibration_set([sample_clip], frames=4, seq_len=2, max_side=64)
-    result = calibrate(
-        rvm, data, bits="w8a8", method=Method.MINMAX, profile=Profile.FAST, progress=lambda e: None
-    )
-    return save_artifact(result, data, tmp_path_factory.mktemp("w8a8") / "artifact")
+    return tiny_artifact(rvm, sample_clip, tmp_path_factory.mktemp("w8a8") / "artifact")
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,15 @@ from pathlib import Path
 import onnx
 import pytest
 
-from ptq4vm_core.artifact import load_artifact, save_artifact
+from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.artifact.verify import verify
-from ptq4vm_core.calib.calibrate import SENSITIVE_INPUTS, calibrate, rvm_policy
-from ptq4vm_core.calib.data import build_calibration_set
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.calib.calibrate import SENSITIVE_INPUTS, rvm_policy
 from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.quant.model import quant_layers
+from tests.engine.conftest import tiny_artifact
 from tests.engine.test_int8_engine import alpha_diffs, check_parity
 
 
@@ -46,12 +45,8 @@ def test_the_policy_keeps_only_those_inputs_in_float() -> None:
 def mixed_artifact(
     rvm: MattingNetwork, sample_clip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    data = build_calibration_set([sample_clip], frames=4, seq_len=2, max_side=64)
-    result = calibrate(
-        rvm, data, bits="w8a8", method=Method.MINMAX, profile=Profile.FAST,
-        progress=lambda e: None, float_inputs=SENSITIVE_INPUTS,
-    )  # fmt: skip
-    return save_artifact(result, data, tmp_path_factory.mktemp("mixed") / "artifact")
+    out = tmp_path_factory.mktemp("mixed") / "artifact"
+    return tiny_artifact(rvm, sample_clip, out, float_inputs=SENSITIVE_INPUTS)
 
 
 def test_the_artifact_has_no_grid_on_those_inputs(mixed_artifact: Path) -> None:

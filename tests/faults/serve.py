@@ -14,10 +14,10 @@ from typing import IO
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.test_serve_cli import free_port
+from tests.net import LoopbackUrls, free_port
 
 
-class ServeProcess:
+class ServeProcess(LoopbackUrls):
     """`python -m ptq4vm_core.cli serve` on `home` and a fixed port (so that a restart answers
     where the old process did); the log goes to a file, never to a pipe nobody reads."""
 
@@ -36,14 +36,6 @@ class ServeProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/stream"
 
     def start(self, timeout: float = 120) -> ServeProcess:
         self._log = self.log_path.open("ab")

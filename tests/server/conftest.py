@@ -37,6 +37,7 @@ from server.app import create_app
 from server.main import uvicorn_config
 from server.services import Services
 from server.settings import Settings
+from tests.net import LoopbackUrls
 from tests.server.client import Stream
 
 REFERENCE_FRAMES = 30
@@ -70,7 +71,7 @@ def settings_for(home: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-class RunningServer:
+class RunningServer(LoopbackUrls):
     """A uvicorn server in a thread, serving `create_app(settings)` on 127.0.0.1."""
 
     def __init__(self, settings: Settings) -> None:
@@ -85,14 +86,6 @@ class RunningServer:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/stream"
 
     @property
     def services(self) -> Services:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.net import free_port
 from tests.server.conftest import Assets, make_home
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serve(home: Path, *args: str) -> subprocess.Popen[str]:
