@@ -37,21 +37,19 @@ class GacConfig:
     """iters: optimisation steps; batch: sequences per step; window: frames per sequence a
     step trains on (a random run of consecutive frames, state carried from a fresh stream);
     lr_gamma (gamma is ~1), lr_beta (beta is in steps of the layer's grid), lr_act (activation
-    step sizes, relative to each one's size), all cosine-annealed; every `eval_every` steps
-    the objective is measured on `val_sequences` fixed sequences (whole length) and the best
-    parameters seen are the ones kept, so a noisy step never makes the result worse than the
-    start on them; ofa_weight: lambda of the OFA term, 0 turns OFA off;
+    step sizes, relative to each one's size), all cosine-annealed to 0; the parameters of the
+    last step are kept unless they score worse than the start on the whole calibration set
+    (then the start is kept), so the stage never makes the calibration objective worse;
+    ofa_weight: lambda of the OFA term, 0 turns OFA off;
     mask_occlusions: OFA ignores pixels with unreliable flow (forward-backward check);
     affine: learn GAC's gamma and beta (False: only the step sizes learn, for `--no-gac`)."""
 
     iters: int
     batch: int = 1
     window: int = 4
-    lr_gamma: float = 1e-3
-    lr_beta: float = 1e-3
-    lr_act: float = 1e-4
-    eval_every: int = 5
-    val_sequences: int = 4
+    lr_gamma: float = 1e-2
+    lr_beta: float = 1e-2
+    lr_act: float = 1e-3
     ofa_weight: float = 0.0
     mask_occlusions: bool = True
     affine: bool = True
@@ -64,8 +62,8 @@ class GacConfig:
 @dataclass(frozen=True)
 class GacReport:
     """Over the whole calibration set, before and after: MSE of alpha against the target and
-    the OFA residual (masked L1 between alpha and the warped previous alpha); the parameters
-    kept are those of `best_step` (0: the start), the best on the validation sequences."""
+    the OFA residual (masked L1 between alpha and the warped previous alpha); `best_step` is
+    the step whose parameters were kept: `iters` (the end of the schedule) or 0 (the start)."""
 
     mse_start: float
     mse_end: float
@@ -184,14 +182,8 @@ def global_correction(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iters))
     n, t_len = data.num_sequences, data.seq_len
     window = min(cfg.window, t_len)
-    val = torch.randperm(n, generator=generator)[: cfg.val_sequences]
-
-    def objective() -> float:
-        mse, ofa = score(q_model, data, target, flows, cfg.mask_occlusions, val)
-        return mse + cfg.ofa_weight * ofa
-
-    best, best_step = objective(), 0
-    best_params = [p.detach().clone() for p in params]
+    start_params = [p.detach().clone() for p in params]
+    best_step = 0
     try:
         for p in params:
             p.requires_grad_(True)
@@ -213,25 +205,27 @@ def global_correction(
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"GAC diverged at step {step} (loss {value})")
-            if step % cfg.eval_every == 0 or step == cfg.iters:
-                current = objective()
-                if current < best:
-                    best, best_step = current, step
-                    best_params = [p.detach().clone() for p in params]
-                logger.debug("GAC step %d: validation %.4g (best %.4g)", step, current, best)
             if tracker is not None and (step % 5 == 0 or step == cfg.iters):
                 tracker.update("gac", "global", step, cfg.iters, loss=value)
+        # One judgement, on every sequence at full length, of where the schedule ended. A
+        # running "best of" on validation sequences was tried: it picked mid-schedule points
+        # within a few percent of the end on the calibration set and up to 30% worse on unseen
+        # clips (W4A4).
+        mse_last, ofa_last = score(q_model, data, target, flows, cfg.mask_occlusions)
+        if mse_last + cfg.ofa_weight * ofa_last <= mse_start + cfg.ofa_weight * ofa_start:
+            best_step = cfg.iters
     finally:
         with torch.no_grad():
-            for p, kept in zip(params, best_params, strict=True):
-                p.copy_(kept)
+            for p, kept in zip(params, start_params, strict=True):
+                if best_step == 0:
+                    p.copy_(kept)
                 p.requires_grad_(False)
     layers = absorb_affine(q_model)
     mse_end, ofa_end = score(q_model, data, target, flows, cfg.mask_occlusions)
     logger.info(
-        "%s%s: alpha MSE %.4g -> %.4g, OFA residual %.4g -> %.4g (%d layers, best of %d "
-        "steps at %d)",
+        "%s%s: alpha MSE %.4g -> %.4g, OFA residual %.4g -> %.4g (%d layers, kept step %d "
+        "of %d)",
         "GAC" if cfg.affine else "global", "+OFA" if flow_set is not None else "",
-        mse_start, mse_end, ofa_start, ofa_end, layers, cfg.iters, best_step,
+        mse_start, mse_end, ofa_start, ofa_end, layers, best_step, cfg.iters,
     )  # fmt: skip
     return GacReport(mse_start, mse_end, ofa_start, ofa_end, cfg.iters, best_step, layers)
