@@ -99,7 +99,7 @@ def base_artifact(
 
 def global_stage(
     fp: MattingNetwork, data: CalibrationSet, base: Path, opts: Ptq4vmOptions, bits: str,
-    profile: Profile, out: Path, reuse: bool, float_inputs: tuple[str, ...] = (),
+    profile: Profile, out: Path, reuse: bool, float_inputs: tuple[str, ...] = (), seed: int = 0,
 ) -> Path:  # fmt: skip
     """PTQ4VM's global stage on the BIQ artifact `base`, saved at `out`."""
     if reuse and (out / "manifest.json").is_file():
@@ -107,7 +107,7 @@ def global_stage(
     biq = load_artifact(base).model
     result = calibrate(
         fp, data, bits=bits, method=Method.PTQ4VM, profile=profile, ptq4vm=opts, biq_model=biq,
-        float_inputs=float_inputs,
+        float_inputs=float_inputs, seed=seed,
     )  # fmt: skip
     return save_artifact(result, data, out)
 
