@@ -221,7 +221,11 @@ def write(rows: list[dict[str, object]], args: argparse.Namespace, clips: list[P
         "x1e3, Grad and Conn /1e3, dtSSD x1e2 (RVM's scales); MAD vs FP32 is the mean "
         "|alpha - FP32 alpha| x1e3. GFLOPs: convolution multiply-accumulates at 1920x1080, "
         "downsample 0.25, times bits/32 per layer (the first and last layers stay at 8 bits). "
-        "BIQ s and global s: calibration times of the two stages on this CPU.",
+        "BIQ s and global s: calibration times of the two stages on this CPU. Each row is "
+        "one calibration run; at W4A4 one run of the global stage is not a measurement (the "
+        "same configuration trained in two processes lands up to ~30% apart): "
+        "`benchmarks/seeds.py` repeats it over seeds, with mean and spread "
+        "([seeds-qdrop-w4a4.md](seeds-qdrop-w4a4.md)).",
         "",
         "| config | bits | MAD | MSE | Grad | Conn | dtSSD | MAD vs FP32 | GFLOPs | BIQ s "
         "| global s |",
