@@ -183,7 +183,7 @@ def global_correction(
     n, t_len = data.num_sequences, data.seq_len
     window = min(cfg.window, t_len)
     start_params = [p.detach().clone() for p in params]
-    best_step = 0
+    best_step, mse_end, ofa_end = 0, mse_start, ofa_start
     try:
         for p in params:
             p.requires_grad_(True)
@@ -213,15 +213,16 @@ def global_correction(
         # clips (W4A4).
         mse_last, ofa_last = score(q_model, data, target, flows, cfg.mask_occlusions)
         if mse_last + cfg.ofa_weight * ofa_last <= mse_start + cfg.ofa_weight * ofa_start:
-            best_step = cfg.iters
+            best_step, mse_end, ofa_end = cfg.iters, mse_last, ofa_last
     finally:
         with torch.no_grad():
             for p, kept in zip(params, start_params, strict=True):
                 if best_step == 0:
                     p.copy_(kept)
                 p.requires_grad_(False)
+    # Absorption is exact (tests/quant/test_affine.py), so the scores above are the absorbed
+    # model's: no second pass over the set.
     layers = absorb_affine(q_model)
-    mse_end, ofa_end = score(q_model, data, target, flows, cfg.mask_occlusions)
     logger.info(
         "%s%s: alpha MSE %.4g -> %.4g, OFA residual %.4g -> %.4g (%d layers, kept step %d "
         "of %d)",
