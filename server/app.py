@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from server.calibrations import CalibrationManager
 from server.limits import UploadLimits
 from server.routers import admin, health, jobs, matte, models, stream
 from server.services import Services
 from server.settings import Settings
+from server.static import IsolatedStaticFiles
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def mount_static(app: FastAPI, settings: Settings) -> None:
-    """The browser client's hook: static files at `/` when PTQ4VM_STATIC_DIR is set. Mounted
-    last, so the API routes above win."""
+    """The browser client's hook: static files at `/` when PTQ4VM_STATIC_DIR is set, cross-origin
+    isolated (`server.static`). Mounted last, so the API routes above win."""
     if settings.static_dir is not None:
-        app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
+        app.mount("/", IsolatedStaticFiles(directory=settings.static_dir, html=True), name="static")
         logger.info("serving static files from %s at /", settings.static_dir)

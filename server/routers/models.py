@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
 
+from ptq4vm_core.artifact import ArtifactError
+from ptq4vm_core.engine import ModelNotFoundError
 from server.deps import ServicesDep
+from server.onnx_graphs import Graph, graph_file
+
+# Browsers keep the graph and revalidate it on each use (a version's graph changes only when
+# the exporter does, and a name may be reused after a version is removed): a 304 costs nothing.
+GRAPH_CACHE_CONTROL = "public, no-cache"
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -27,3 +36,47 @@ def get_model(version: str, services: ServicesDep) -> dict[str, Any]:
         if row["version"] == version:
             return row
     raise HTTPException(404, f"unknown model version {version!r}")
+
+
+@router.get(
+    "/{version}/onnx",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The ONNX graph."},
+        304: {"description": "The graph named by If-None-Match is current."},
+        404: {"description": "No such version."},
+        409: {"description": "The version's artifact cannot be trusted or exported."},
+    },
+)
+async def get_onnx(
+    version: str,
+    request: Request,
+    services: ServicesDep,
+    graph: Annotated[Graph, Query(description="`full_resolution`: ratio 1 only.")] = Graph.GENERAL,
+) -> Response:
+    """The graph the server runs for `version` (DESIGN 4.4): `fp32` is the published graph, a
+    quantized version its exported int8 QDQ graph (`graph=full_resolution`: the form
+    specialised for downsample ratio 1). Strong ETag; `If-None-Match` answers 304."""
+    try:
+        found = await asyncio.to_thread(graph_file, services.registry, version, graph)
+    except ModelNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ArtifactError as exc:
+        raise HTTPException(409, f"model {version!r} cannot be exported: {exc}") from None
+    headers = {"ETag": found.etag, "Cache-Control": GRAPH_CACHE_CONTROL}
+    if _matches(request.headers.get("if-none-match"), found.etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(
+        found.path,
+        media_type="application/octet-stream",
+        filename=f"{version}-{graph.value}.onnx",
+        headers=headers,
+    )
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (`*` names any; `W/` compares weakly)."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
