@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ptq4vm_core.cli.batch import batch_command
 from ptq4vm_core.cli.bench import bench_command
 from ptq4vm_core.cli.calibrate import calibrate_command
 from ptq4vm_core.cli.common import setup_logging
@@ -33,6 +34,7 @@ def _root(
 
 app.command("fetch")(fetch_command)
 app.command("matte")(matte_command)
+app.command("batch")(batch_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
 app.command("calibrate", context_settings={"allow_extra_args": True})(calibrate_command)
