@@ -1,8 +1,15 @@
-// PTQ4VM browser client: camera (or a video file) -> JPEG frames over /v1/stream -> mattes
-// composited live over a blurred, coloured or image background. No build step.
-// Protocol: DESIGN 4.3 / docs/server.md. Test hooks: window.ptq4vm and body[data-state].
+// PTQ4VM browser client: camera (or a video file) -> mattes composited live over a blurred,
+// coloured or image background. No build step. Modes (DESIGN 4.5, `?mode=tab|server|auto`):
+// "server" sends JPEG frames over /v1/stream (DESIGN 4.3 / docs/server.md); "this tab" runs
+// the server's graph in onnxruntime-web (tab.js); "auto" picks between them (auto.js).
+// Test hooks: window.ptq4vmStats, window.ptq4vm and body[data-state].
+
+import { SceneCuts } from "./scene.js";
+import { AutoPolicy } from "./auto.js";
 
 const WINDOW = 2;             // frames in flight; the server drops older waiting frames anyway
+const MODES = ["server", "tab", "auto"];
+const params = new URLSearchParams(location.search);
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
 const $ = (id) => document.getElementById(id);
@@ -18,8 +25,18 @@ const fgx = fg.getContext("2d", { willReadFrequently: true });
 const state = {
   state: "idle", session: null, model: null, width: 0, height: 0,
   sent: 0, mattes: 0, dropped: 0, latencyMs: null, fps: 0, reconnects: 0, error: null,
+  resets: 0, recording: null,
 };
 window.ptq4vm = state;
+// The figures the page shows, for tests (DESIGN 4.5): `mode` is where frames are matted now
+// ("tab" or "server"; null when stopped), `requested` what was chosen, `frames` the mattes
+// shown since Start, `downsample_ratio` the tab's (null: the server's own choice).
+const stats = {
+  mode: null, frames: 0, fps: 0, latency_ms: null, model: null,
+  requested: MODES.includes(params.get("mode")) ? params.get("mode") : "server",
+  downsample_ratio: null, reason: null, threads: null,
+};
+window.ptq4vmStats = stats;
 // Simulates a network failure (a close the server did not ask for): for tests and demos.
 state.dropConnection = () => ws?.close(4000, "dropped by the page");
 
@@ -31,6 +48,9 @@ let header = null;            // the matte message whose binary payload comes ne
 let bgImage = null;
 let retry = 0;
 let matteTimes = [];
+let tab = null;               // TabMatter of the current run, when the tab mattes
+let auto = null;              // AutoPolicy while "auto" runs in the tab
+const scenes = new SceneCuts();
 
 function setState(name, detail) {
   state.state = name;
@@ -48,7 +68,6 @@ function showError(message) {
 }
 
 function streamUrl() {
-  const params = new URLSearchParams(location.search);
   const base = params.get("server") ||
     `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream`;
   return state.session ? `${base}?session=${encodeURIComponent(state.session)}` : base;
@@ -86,7 +105,7 @@ function connect() {
   ws = socket;
   socket.onopen = () => socket.send(JSON.stringify({
     type: "start", width: state.width, height: state.height,
-    input: "jpeg", output: "alpha_raw", downsample_ratio: null, model: null,
+    input: "jpeg", output: "alpha_raw", downsample_ratio: chosenRatio(), model: chosenModel(),
   }));
   socket.onmessage = (event) => { if (socket === ws) onMessage(event.data); };
   socket.onclose = (event) => { if (socket === ws) onClose(event); };
@@ -108,7 +127,9 @@ function onMessage(data) {
     retry = 0;
     $("session").textContent = msg.session.slice(0, 8);
     $("model").textContent = msg.model;
-    setState("streaming");
+    stats.model = msg.model;
+    scenes.forget();
+    setState("streaming", "server");
     pump();
   } else if (msg.type === "matte") {
     header = msg;
@@ -139,6 +160,10 @@ async function pump() {
   while (running && ws && ws.readyState === WebSocket.OPEN && state.state === "streaming" &&
          pending.size < WINDOW) {
     cap.drawImage(video, 0, 0, state.width, state.height);
+    if (scenes.isCut(capture)) {
+      ws.send(JSON.stringify({ type: "reset" }));
+      state.resets += 1;
+    }
     const seq = nextSeq++;
     const entry = { bitmap: null, sentAt: 0 };
     pending.set(seq, entry);
@@ -164,20 +189,145 @@ function onMatte(msg, alpha) {
   pending.delete(msg.seq);
   pump();
   if (!entry || !entry.bitmap) return;
+  composite(entry.bitmap, alpha, msg.width, msg.height);
+  entry.bitmap.close();
+  shown(entry.sentAt, msg.model);
+}
+
+// Bookkeeping after a matte is on screen, in either mode.
+function shown(startedAt, model) {
   const now = performance.now();
-  state.latencyMs = now - entry.sentAt;
+  state.latencyMs = now - startedAt;
   state.mattes += 1;
-  state.model = msg.model;
+  state.model = model;
   matteTimes.push(now);
   matteTimes = matteTimes.filter((t) => now - t < 1000);
   state.fps = matteTimes.length;
-  composite(entry.bitmap, alpha, msg.width, msg.height);
-  entry.bitmap.close();
+  Object.assign(stats, {
+    frames: stats.frames + 1, fps: state.fps, latency_ms: state.latencyMs, model,
+  });
   $("fps").textContent = state.fps.toFixed(0);
   $("latency").textContent = state.latencyMs.toFixed(0);
   $("drops").textContent = String(state.dropped);
-  $("model").textContent = msg.model;
+  $("model").textContent = model;
 }
+
+function showMode() {
+  const where = { tab: "this tab", server: "server" }[stats.mode] || "–";
+  $("mode-now").textContent = stats.requested === "auto" ? `${where} (auto)` : where;
+  $("ratio-now").textContent = stats.mode === "tab" ? String(stats.downsample_ratio) : "server's";
+  $("reason").textContent = stats.reason || "";
+}
+
+function targetFps() { return Math.max(1, Number($("target-fps").value) || 15); }
+function chosenModel() { return params.get("model") || null; }
+// The user's ratio, else null: the server then picks RVM's guidance for the size.
+function chosenRatio() {
+  const value = Number($("ratio").value);
+  return value > 0 && value <= 1 ? value : null;
+}
+// What the server would pick (pipeline.auto_downsample_ratio), so both modes matte alike.
+function serverRatio() {
+  return chosenRatio() ?? Math.min(1, 512 / Math.max(state.width, state.height));
+}
+
+// "server" from here on: the tab loop ends at its next frame, the WebSocket takes over.
+function useServer(reason) {
+  tab = null;
+  auto = null;
+  stats.mode = "server";
+  stats.downsample_ratio = null;
+  stats.reason = reason;
+  showMode();
+  connect();
+}
+
+async function useTab() {
+  stats.mode = "tab";
+  setState("loading", "the model for this tab");
+  try {
+    const { TabMatter } = await import("./tab.js");
+    const version = chosenModel() || (await (await fetch("/v1/models")).json()).active;
+    tab = new TabMatter(version);
+    stats.threads = tab.threads;
+    stats.downsample_ratio = auto ? auto.ratio : serverRatio();
+    await tab.session(stats.downsample_ratio);
+  } catch (err) {
+    tab = null;
+    if (stats.requested === "auto" && running) { useServer(`this tab cannot matte: ${err.message || err}`); return; }
+    showError(`this tab cannot matte: ${err.message || err}`);
+    setState("disconnected", "tab failed");
+    return;
+  }
+  if (!running) return;
+  scenes.forget();
+  setState("streaming", "this tab");
+  showMode();
+  tabLoop(tab);
+}
+
+// Frames paced to the target rate (never faster; no queue: each run takes the current frame).
+async function tabLoop(matter) {
+  const limit = Number(params.get("record")) || 0;
+  state.recording = limit ? { width: state.width, height: state.height, frames: [] } : null;
+  let next = performance.now();
+  while (running && tab === matter) {
+    const startedAt = performance.now();
+    cap.drawImage(video, 0, 0, state.width, state.height);
+    const reset = scenes.isCut(capture);
+    if (reset) { matter.reset(); state.resets += 1; }
+    const image = cap.getImageData(0, 0, state.width, state.height);
+    const ratio = stats.downsample_ratio;
+    let alpha;
+    try {
+      alpha = await matter.matte(image, ratio);
+    } catch (err) {
+      if (tab !== matter) return;
+      if (stats.requested === "auto") { useServer(`this tab failed: ${err.message || err}`); return; }
+      showError(`this tab failed: ${err.message || err}`);
+      setState("disconnected", "tab failed");
+      return;
+    }
+    if (!running || tab !== matter) return;
+    if (state.recording && state.recording.frames.length < limit) {
+      state.recording.frames.push({ rgba: image.data, alpha, reset, ratio });
+    }
+    composite(capture, alpha, state.width, state.height);
+    shown(startedAt, matter.version);
+    if (auto) {
+      const verdict = auto.onMatte(performance.now());
+      stats.reason = auto.reason;
+      if (verdict === "server") { useServer(auto.reason); return; }
+      if (auto.ratio !== stats.downsample_ratio) stats.downsample_ratio = auto.ratio;
+      showMode();
+    }
+    next = Math.max(next + 1000 / targetFps(), performance.now());
+    await new Promise((r) => setTimeout(r, next - performance.now()));
+  }
+}
+
+// The recording (`?record=N`, tab mode) as base64 RGB and alpha planes, for the parity test.
+state.exportRecording = () => {
+  const rec = state.recording;
+  if (!rec) return null;
+  const b64 = (bytes) => {
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) {
+      text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    }
+    return btoa(text);
+  };
+  return {
+    width: rec.width, height: rec.height,
+    frames: rec.frames.map((f) => {
+      const rgb = new Uint8Array((f.rgba.length / 4) * 3);
+      for (let i = 0, j = 0; j < f.rgba.length; i += 3, j += 4) {
+        rgb[i] = f.rgba[j]; rgb[i + 1] = f.rgba[j + 1]; rgb[i + 2] = f.rgba[j + 2];
+      }
+      return { rgb: b64(rgb), alpha: b64(f.alpha), reset: f.reset, ratio: f.ratio };
+    }),
+  };
+};
 
 function drawBackground(frame) {
   const mode = document.querySelector('input[name="background"]:checked').value;
@@ -217,12 +367,24 @@ async function start() {
   }
   running = true;
   state.session = null;
+  matteTimes = [];
+  Object.assign(stats, { frames: 0, fps: 0, latency_ms: null, reason: null });
+  stats.requested = $("mode").value;
   $("stop").disabled = false;
-  connect();
+  if (stats.requested === "server") {
+    useServer(null);
+  } else {
+    auto = stats.requested === "auto" ? new AutoPolicy(targetFps(), serverRatio()) : null;
+    useTab();
+  }
 }
 
 function stop() {
   running = false;
+  tab = null;
+  auto = null;
+  stats.mode = null;
+  showMode();
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
   video.pause();
   video.srcObject?.getTracks().forEach((t) => t.stop());
@@ -240,4 +402,9 @@ $("bg-image").addEventListener("change", async (e) => {
 });
 // A dropped socket that the browser has not noticed yet: resume when the tab comes back.
 window.addEventListener("online", () => { if (running && !ws) connect(); });
-if (new URLSearchParams(location.search).has("autostart")) start();
+$("mode").value = stats.requested;
+if (params.has("fps")) $("target-fps").value = params.get("fps");
+if (params.has("ratio")) $("ratio").value = params.get("ratio");
+if (params.has("maxside")) $("max-side").value = params.get("maxside");
+showMode();
+if (params.has("autostart")) start();
