@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned on its own first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[images,browser-tests]'
 	touch $(STAMP)
 
