@@ -35,7 +35,7 @@ class BatchEvent:
 
 
 class BatchObserver(Protocol):
-    def __call__(self, event: BatchEvent) -> None: ...
+    def __call__(self, event: BatchEvent, /) -> None: ...
 
 
 def ignore_events(event: BatchEvent) -> None:

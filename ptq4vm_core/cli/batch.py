@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, TaskID
 
 from ptq4vm_core.batch import RayMissingError, require_ray
@@ -64,7 +65,7 @@ def batch_command(
         try:
             require_ray()
         except RayMissingError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from exc
         # Imported only now: Ray is an optional extra, and `ptq4vm` must start without it.
         from ptq4vm_core.batch.runner import BatchError, RayOptions, run_batch
@@ -90,7 +91,7 @@ def batch_command(
                 with progress_bar() as progress:
                     report = run_batch(tasks, spec, out.absolute(), options, Bar(progress))
         except BatchError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from exc
         counts = report.manifest.counts()
         if not json_lines:
@@ -155,12 +156,14 @@ class Bar:
             self._finished += 1
         if kind is EventKind.FAILED and event.record is not None:
             self._progress.console.print(
-                f"[bold red]failed:[/] {event.record.input}: {event.record.error}",
+                f"[bold red]failed:[/] {escape(event.record.input)}: "
+                f"{escape(event.record.error or '')}",
                 highlight=False,
             )
         elif kind is EventKind.RETRY and event.record is not None:
             self._progress.console.print(
-                f"[yellow]retry:[/] {event.record.input} ({event.message})", highlight=False
+                f"[yellow]retry:[/] {escape(event.record.input)} ({escape(event.message)})",
+                highlight=False,
             )
         if self._task is not None:
             self._progress.update(
