@@ -31,7 +31,7 @@ from typing import Any
 
 from ptq4vm_core.artifact import ArtifactError, read_manifest, verify_artifact
 from ptq4vm_core.artifact.manifest import VERSION_NAME_PATTERN
-from ptq4vm_core.engine import FP32, Engine, ModelNotFoundError, load_engine
+from ptq4vm_core.engine import FP32, Engine, EngineKind, ModelNotFoundError, load_engine
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,13 @@ ACTIVE_FILE = "active.json"
 def load_engine_at(model: str, home: Path) -> Engine:
     """The deployed engine (AUTO) for `model`, with `home` as the cache root."""
     return load_engine(model, root=home)
+
+
+def engine_loader(kind: EngineKind) -> Callable[[str, Path], Engine]:
+    """A registry loader running every model on `kind` (`PTQ4VM_ENGINE`, `serve --engine`)."""
+    if kind is EngineKind.AUTO:
+        return load_engine_at
+    return lambda model, home: load_engine(model, kind, root=home)
 
 
 class ModelUnavailableError(Exception):

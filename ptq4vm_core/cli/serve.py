@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ptq4vm_core.cli.common import console, user_errors
-from ptq4vm_core.engine import FP32
+from ptq4vm_core.engine import FP32, EngineKind
 from ptq4vm_core.engine.loader import resolve_artifact
 
 
@@ -24,6 +24,10 @@ def serve_command(
             "default W8A8 model being built in the background]."
         ),
     ] = None,
+    engine: Annotated[
+        EngineKind | None,
+        typer.Option(help="Runtime for every model [env PTQ4VM_ENGINE; auto = the deployed one]."),
+    ] = None,
 ) -> None:
     """Run the matting service on HOST:PORT. Every PTQ4VM_* setting is in docs/server.md."""
     # The server package depends on ptq4vm_core, never the reverse: import it only here.
@@ -33,7 +37,7 @@ def serve_command(
     from server.settings import Settings
 
     with user_errors():
-        overrides: dict[str, Any] = {"host": host, "port": port, "model": model}
+        overrides: dict[str, Any] = {"host": host, "port": port, "model": model, "engine": engine}
         try:
             settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:

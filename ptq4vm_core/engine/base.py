@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,7 @@ class EngineKind(StrEnum):
 
     AUTO = "auto"
     ORT = "ort"  # ONNX Runtime: the published FP32 graph, or an artifact's int8 QDQ graph
+    OPENVINO = "openvino"  # OpenVINO, static shapes per stream: the same graphs as ORT
     TORCH = "torch"  # the PyTorch FP32 network
     SIM = "sim"  # PyTorch simulation of a quantized artifact
 
@@ -41,3 +42,22 @@ class Engine(Protocol):
         """src [B,3,H,W] float32 RGB in [0,1]. The state must come from the same engine and
         the same frame size; a size change needs a new stream."""
         ...
+
+
+@runtime_checkable
+class CompilingEngine(Protocol):
+    """An engine that specialises itself per stream shape (OpenVINO's static shapes)."""
+
+    def prepare(self, batch: int, height: int, width: int, downsample_ratio: float) -> float:
+        """Makes the first frame of that shape fast (compiles now); returns the seconds taken."""
+        ...
+
+
+def prepare_engine(
+    engine: Engine, batch: int, height: int, width: int, downsample_ratio: float
+) -> float:
+    """Compiles `engine` for a stream shape ahead of its first frame where it compiles per
+    shape (call it off the event loop); 0 for engines that do not."""
+    if isinstance(engine, CompilingEngine):
+        return engine.prepare(batch, height, width, downsample_ratio)
+    return 0.0

@@ -1,0 +1,143 @@
+"""The OpenVINO engine: selection, static-shape compilation and its cache, parity with ONNX
+Runtime, the recurrent state, and which layers run in integer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptq4vm_core.engine import EngineKind, load_engine, openvino_engine
+from ptq4vm_core.engine import loader as engine_loader
+from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
+from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
+from ptq4vm_core.engine.ort_engine import OrtEngine
+
+ONE_LEVEL = 1 / 255
+
+
+def fp32_openvino(weights: Path, cache_dir: Path) -> OpenVinoEngine:
+    graphs = {True: weights, False: weights}
+    return OpenVinoEngine(graphs, name="openvino-fp32", cache_dir=cache_dir)
+
+
+def int8_openvino(artifact: Path, engine_cache: Path, cache_dir: Path) -> OpenVinoEngine:
+    graphs = cached_export(artifact, cache=engine_cache)
+    return OpenVinoEngine(
+        {True: graphs.full_resolution, False: graphs.general},
+        name="openvino-int8-w8a8",
+        cache_dir=cache_dir,
+    )
+
+
+def mean_alpha_diffs(a, b, frames, ratio: float) -> np.ndarray:
+    state_a = state_b = None
+    diffs = []
+    for frame in frames:
+        src = frames_to_batch([frame])
+        out_a, out_b = a.infer(src, state_a, ratio), b.infer(src, state_b, ratio)
+        state_a, state_b = out_a.state, out_b.state
+        diffs.append(float(np.abs(out_a.pha - out_b.pha).mean()))
+    return np.asarray(diffs)
+
+
+def test_auto_picks_openvino_and_falls_back_to_onnx_runtime(monkeypatch, w8a8_artifact) -> None:
+    assert load_engine("fp32").name == "openvino-fp32"
+    assert load_engine("fp32", EngineKind.ORT).name == "ort-fp32"
+    # Where OpenVINO is missing (or refuses the CPU), AUTO is ONNX Runtime, and asking for
+    # OpenVINO says how to get it.
+    monkeypatch.setattr(engine_loader, "openvino_available", lambda: False)
+    assert load_engine("fp32").name == "ort-fp32"
+    assert isinstance(load_engine(str(w8a8_artifact)), QuantizedOrtEngine)
+    monkeypatch.setattr(openvino_engine, "ov", None)
+    monkeypatch.setattr(openvino_engine, "_core", None)
+    with pytest.raises(openvino_engine.OpenVinoUnavailableError, match="pip install openvino"):
+        load_engine("fp32", EngineKind.OPENVINO)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_fp32_matches_onnx_runtime_with_the_state_carried(
+    weights_file, clip_frames, tmp_path, ratio
+) -> None:
+    ov_engine = fp32_openvino(weights_file, tmp_path)
+    diffs = mean_alpha_diffs(ov_engine, OrtEngine(weights_file), clip_frames[:12], ratio)
+    assert diffs.max() < 1e-4, diffs  # the same FP32 function, f32 precision kept
+
+
+def test_the_state_is_carried_and_belongs_to_one_shape(weights_file, clip_frames, tmp_path):
+    engine = fp32_openvino(weights_file, tmp_path)
+    src = [frames_to_batch([f]) for f in clip_frames[:6]]
+    state = None
+    for x in src[:-1]:
+        state = engine.infer(x, state, 0.5).state
+    carried = engine.infer(src[-1], state, 0.5)
+    fresh = engine.infer(src[-1], None, 0.5)
+    # The GRU state moves the matte (else carrying it would be a no-op) ...
+    assert np.abs(carried.pha - fresh.pha).mean() > 1e-3
+    # ... and the engine keeps none of it: the same (frame, state) gives the same matte.
+    again = engine.infer(src[-1], state, 0.5)
+    np.testing.assert_array_equal(carried.pha, again.pha)
+    # One compiled model per shape, shared by every stream of that shape.
+    assert len(engine._compiled) == 1
+    with pytest.raises(ValueError, match="does not fit this stream"):
+        engine.infer(frames_to_batch([clip_frames[0][:96, :128]]), state, 0.5)
+    assert len(engine._compiled) == 2
+
+
+def test_int8_matches_onnx_runtime(w8a8_artifact, engine_cache, clip_frames, tmp_path) -> None:
+    ov_engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
+    ort_engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    for ratio in (1.0, 0.5):
+        diffs = mean_alpha_diffs(ov_engine, ort_engine, clip_frames[:12], ratio)
+        # The same integers and grids; the runtimes differ in float summation order and in
+        # where they requantize, which moves a value across a rounding boundary now and then.
+        assert diffs.mean() <= ONE_LEVEL, diffs
+        assert diffs[-4:].mean() <= diffs[:4].mean() + 0.5 * ONE_LEVEL, diffs
+
+
+def test_every_quantized_conv_runs_in_integer(w8a8_artifact, engine_cache, tmp_path) -> None:
+    engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
+    compiled = engine.compiled(ShapeKey(1, 144, 176, 1.0, 1))
+    precisions: Counter[tuple[str, str]] = Counter()
+    for op in compiled.model.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            precisions[info["runtimePrecision"].astype(str)] += 1
+    convs = cached_export(w8a8_artifact, cache=engine_cache).report
+    assert sum(precisions.values()) >= 80, precisions
+    # A conv that fell back to float (a grid lost, a Q/DQ pair the runtime could not fuse)
+    # shows as an f32 Convolution in the executed graph.
+    assert set(precisions) <= {"u8", "i8"}, (precisions, convs["float_output_layers"])
+
+
+RESTART = """
+import json, sys
+from pathlib import Path
+from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
+weights, cache = Path(sys.argv[1]), Path(sys.argv[2])
+engine = OpenVinoEngine({True: weights, False: weights}, name="fp32", cache_dir=cache)
+compiled = engine.compiled(ShapeKey(1, 144, 176, 0.5, 1))
+print(json.dumps({"from_cache": compiled.from_cache}))
+"""
+
+
+def test_compiled_models_survive_a_restart(weights_file, tmp_path) -> None:
+    def start() -> bool:
+        run = subprocess.run(
+            [sys.executable, "-c", RESTART, str(weights_file), str(tmp_path / "cache")],
+            check=True, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        return bool(json.loads(run.stdout.splitlines()[-1])["from_cache"])
+
+    assert start() is False  # the first process compiles and writes the blob
+    blobs = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert blobs
+    assert start() is True  # a restart loads it instead of compiling
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == blobs
