@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.calibrations import CalibrationManager
+from server.gates import RequestGates
 from server.limits import UploadLimits
 from server.routers import admin, health, jobs, matte, models, stream
 from server.services import Services
@@ -68,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         },
     )
+    # Added last, so it runs first: origin, admin token and upload slots before any body.
+    app.add_middleware(RequestGates, settings=settings)
     mount_static(app, settings)
     return app
 

@@ -3,7 +3,6 @@ called from the inference workers."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -12,7 +11,7 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
-from ptq4vm_core.io.video import VideoError, iter_frames, probe
+from server.media import MediaError, image_header
 
 InputFormat = Literal["jpeg", "png", "rgb24"]
 OutputFormat = Literal["alpha_png", "alpha_raw"]
@@ -42,8 +41,20 @@ def network_size_error(width: int, height: int, ratio: float) -> str | None:
     )
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) a PNG or JPEG declares in its header, read without decoding;
+    FrameError(bad_frame) for any other format (the allow-list is PNG and JPEG)."""
+    try:
+        header = image_header(data)
+    except MediaError as exc:
+        raise FrameError("bad_frame", f"cannot decode {len(data)} bytes: {exc}") from None
+    return header.width, header.height
+
+
 def decode_image(data: bytes) -> NDArray[np.uint8]:
-    """PNG/JPEG (or anything OpenCV reads) -> [H,W,3] uint8 RGB; FrameError if undecodable."""
+    """PNG/JPEG -> [H,W,3] uint8 RGB; FrameError if undecodable. Check `image_size` against a
+    limit first: this decodes every pixel the header declares."""
+    image_size(data)
     buffer = np.frombuffer(data, np.uint8)
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if bgr is None:
@@ -56,13 +67,18 @@ def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDAr
     if fmt == "rgb24":
         check_raw_size(data, width, height)
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
-    rgb = decode_image(data)
-    if rgb.shape[:2] != (height, width):
+    # The declared size first: a frame of another size (a decompression bomb included) is
+    # refused before a pixel is decoded.
+    declared = image_size(data)
+    if declared != (width, height):
         raise FrameError(
             "wrong_size",
-            f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the session was started at "
+            f"frame is {declared[0]}x{declared[1]}, the session was started at "
             f"{width}x{height}; start a new session for another size",
         )
+    rgb = decode_image(data)
+    if rgb.shape[:2] != (height, width):
+        raise FrameError("bad_frame", "the frame decodes to another size than its header")
     return rgb
 
 
@@ -90,15 +106,3 @@ def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return png.tobytes()
-
-
-def validate_video(path: Path) -> None:
-    """Raises VideoError unless PyAV opens `path` and decodes a first frame from it."""
-    probe(path)
-    frames = iter_frames(path)
-    try:
-        next(frames)
-    except StopIteration:
-        raise VideoError("the video has no frames") from None
-    finally:
-        frames.close()  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import FrameError
+from server.gates import client_address, parse_networks
 from server.protocol import (
     Close,
     ProtocolError,
@@ -45,6 +46,13 @@ class Phase(Enum):
 
 _Item = tuple[dict[str, Any] | None, bytes | None, tuple[int, str] | None]
 
+# Messages waiting for the writer. Mattes are bounded by the session (MAX_BACKLOG); errors and
+# pongs are answers to the client's own messages, so a client that sends without reading
+# would grow this without bound: past it, the connection is closed (1008, `slow_reader`).
+MAX_OUTBOX = 64
+# How long a closing connection waits for its writer (a peer that reads nothing blocks it).
+WRITER_GRACE_S = 5.0
+
 
 class Connection:
     """Serves one socket; implements the session's `Outbox`."""
@@ -60,12 +68,24 @@ class Connection:
         self.session: Session | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._closing = False
+        self.client = client_address(
+            websocket.scope, parse_networks(services.settings.trusted_proxies)
+        )
+        self._waiting = False  # admitted, no session yet (counted against capacity)
 
     # Outbox -----------------------------------------------------------------------------------
 
     def deliver(self, message: dict[str, Any], payload: bytes | None = None) -> None:
-        if not self._closing:
-            self._queue.put_nowait((message, payload, None))
+        if self._closing:
+            return
+        if self._queue.qsize() >= MAX_OUTBOX:
+            self._close(
+                Close.POLICY,
+                "slow_reader",
+                f"{MAX_OUTBOX} messages wait to be read by this client; read what you are sent",
+            )
+            return
+        self._queue.put_nowait((message, payload, None))
 
     def backlog(self) -> int:
         return self._queue.qsize()
@@ -78,14 +98,42 @@ class Connection:
     async def run(self) -> None:
         await self.ws.accept()
         writer = asyncio.create_task(self._write_loop())
+        sessions = self.services.sessions
+        refusal = sessions.admit(
+            self.client, self.resume_id, self.settings.max_connections_per_client
+        )
         try:
-            await self._read_loop()
+            if refusal is None:
+                self._waiting = True
+                await self._read_loop()
+            elif refusal == "at_capacity":
+                error_ = self._at_capacity()
+                self._close(Close.AT_CAPACITY, error_.code, str(error_))
+            else:
+                limit = self.settings.max_connections_per_client
+                self._close(
+                    Close.AT_CAPACITY,
+                    refusal,
+                    f"{limit} connections from this address are open "
+                    "(PTQ4VM_MAX_CONNECTIONS_PER_CLIENT); close one first",
+                )
         finally:
             if self.session is not None and self.session.outbox is self:
-                self.services.sessions.detach(self.session)
+                sessions.detach(self.session)
+            if refusal is None:
+                sessions.leave(self.client, waiting=self._waiting)
+                self._waiting = False
             self.phase = Phase.CLOSED
             self._close(Close.NORMAL, None, None)
-            await writer
+            try:
+                await asyncio.wait_for(writer, WRITER_GRACE_S)
+            except TimeoutError:  # the peer reads nothing: the socket is dropped with us
+                logger.info("connection from %s: writer stuck, dropping it", self.client)
+
+    def _got_session(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.services.sessions.stop_waiting()
 
     def _close(self, code: Close, err: str | None, message: str | None) -> None:
         """Queue an optional error message, then the close frame; nothing is sent after it."""
@@ -167,7 +215,7 @@ class Connection:
             self.deliver(error(exc.code, str(exc), seq=self.session.next_seq - 1))
 
     async def _on_text(self, text: str) -> None:
-        obj = parse_control(text)
+        obj = parse_control(text, self.settings.max_text_bytes)
         kind = obj["type"]
         if kind == "ping":
             self.deliver({"type": "pong", **({"id": obj["id"]} if "id" in obj else {})})
@@ -178,7 +226,8 @@ class Connection:
                     f"start in state {self.phase.value}; one session per connection",
                     Close.POLICY,
                 )
-            await self._start(parse_start(obj, self.settings.max_frame_side))
+            start = parse_start(obj, self.settings.max_frame_side, self.settings.max_pixels)
+            await self._start(start)
         elif self.phase is not Phase.STREAMING or self.session is None:
             raise ProtocolError(
                 "not_started", f"{kind} in state {self.phase.value}; expected start", Close.POLICY
@@ -203,6 +252,7 @@ class Connection:
             lease.release()
             raise self._at_capacity()
         ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+        await self._prepare(lease, start, ratio)
         proposed = self.proposed_id
         if proposed is not None and sessions.get(proposed) is not None:
             proposed = None  # another connection started it while the model loaded
@@ -211,6 +261,7 @@ class Connection:
         )
         self.session = session
         sessions.add(session, self)
+        self._got_session()
         self.phase = Phase.STREAMING
         self.deliver(session.describe(resumed=False))
         logger.info(
@@ -227,15 +278,12 @@ class Connection:
         assert self.resume_id is not None
         session = self.services.sessions.get(self.resume_id)
         self.resume_id = None  # one try; otherwise a new session starts
-        if session is None:
-            return None
-        if session.outbox is None and not self.services.sessions.has_room():
-            raise self._at_capacity()
         return session
 
     def _attach(self, session: Session, *, announce: bool) -> None:
         previous = session.outbox
         self.services.sessions.attach(session, self)
+        self._got_session()
         if previous is not None and previous is not self:
             previous.take_over()
         self.session = session

@@ -28,9 +28,13 @@ from server.settings import Settings
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".default-build-"
-# `python -c` runs the CLI at the niceness given as its first argument.
+# `python -c` runs the CLI at the niceness given as its first argument, with the lifeline of
+# calibration children (server/lifeline.py): it exits, removing its staging directory (the
+# third argument), once the server (the second) is gone, even after a SIGKILL.
 _LAUNCHER = (
-    "import os, sys; os.nice(int(sys.argv.pop(1))); sys.argv[0] = 'ptq4vm'; "
+    "import os, sys; os.nice(int(sys.argv.pop(1))); "
+    "from pathlib import Path; from server.lifeline import exit_with_parent; "
+    "exit_with_parent(int(sys.argv.pop(1)), Path(sys.argv.pop(1))); sys.argv[0] = 'ptq4vm'; "
     "from ptq4vm_core.cli.main import main; main()"
 )
 
@@ -112,6 +116,8 @@ class DefaultModelBuilder:
             "-c",
             _LAUNCHER,
             str(s.default_nice),
+            str(os.getpid()),
+            str(out),
             "calibrate",
             "--clips",
             str(sample_clip_path(s.home)),

@@ -4,6 +4,8 @@ Jobs run in their own worker threads (never on the event loop); their frames go 
 shared `Scheduler` in its `batch` lane, so a job takes a bounded share of the inference
 workers and live sessions keep their frame rate. Results expire `ttl_s` after the job ends.
 Jobs live in memory: a restart forgets them (and removes their files once expired).
+Uploads are decoded in a child process (server/decoder.py); `cancel` and the per-job time
+limit kill that child, so a job stops within a frame.
 """
 
 from __future__ import annotations
@@ -28,16 +30,12 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, rgb_to_uint8
-from ptq4vm_core.io.video import (
-    FrameWriter,
-    composite,
-    iter_frames,
-    open_writer,
-    parse_background,
-    probe,
-)
+from ptq4vm_core.io.video import FrameWriter, composite, open_writer, parse_background
 from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.decoder import VideoSource
+from server.media import MediaLimits
 from server.metrics import Metrics
+from server.redact import redact
 from server.registry import ModelLease, ModelRegistry
 from server.scheduler import Done, Lane, Scheduler, Work
 
@@ -59,6 +57,10 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 
 class JobsFullError(Exception):
@@ -66,7 +68,11 @@ class JobsFullError(Exception):
 
 
 class JobCancelledError(Exception):
-    """The server shut down under a running job."""
+    """The server shut down under a running job, or the job was cancelled."""
+
+
+class JobFinishedError(Exception):
+    """A job that has finished cannot be cancelled."""
 
 
 @dataclass
@@ -79,6 +85,8 @@ class Job:
     model: str | None
     downsample_ratio: float | None
     background: str
+    # An image uploaded with the job (in its directory), used instead of `background`.
+    background_image: Path | None = None
     state: JobState = JobState.QUEUED
     frames_done: int = 0
     frames_total: int | None = None
@@ -87,6 +95,8 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     expires: float | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    source: VideoSource | None = field(default=None, repr=False)
 
     @property
     def result(self) -> Path:
@@ -113,7 +123,7 @@ class Job:
             "output": self.output,
             "container": self.container,
             "model": self.version or self.model,
-            "error": self.error,
+            "error": None if self.error is None else redact(self.error),
             "created": self.created,
             "finished": self.finished,
             "expires": self.expires,
@@ -133,6 +143,8 @@ class JobManager:
         max_jobs: int = 16,
         ttl_s: float = 3600.0,
         nice: int = 0,
+        limits: MediaLimits | None = None,
+        max_job_seconds: float = 3600.0,
     ) -> None:
         self.root = root
         self.ttl_s = ttl_s
@@ -146,6 +158,11 @@ class JobManager:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nice = nice
+        self.limits = limits or MediaLimits(4096 * 2048, 600.0, 18_000)
+        self.max_job_seconds = max_job_seconds
+        # Uploads admitted (server.gates) but not yet submitted: they count against max_jobs,
+        # so a full server answers 503 before spooling a body.
+        self._reserved = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the loop the scheduler runs on; remove job files left over and expired."""
@@ -163,11 +180,25 @@ class JobManager:
         path.mkdir(parents=True)
         return job_id, path
 
+    def _active(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
+
+    def try_reserve(self) -> bool:
+        """Room for one more upload (queued, running and uploading jobs under max_jobs)?
+        True takes a place until `unreserve()`."""
+        with self._lock:
+            if self._active() + self._reserved >= self.max_jobs:
+                return False
+            self._reserved += 1
+            return True
+
+    def unreserve(self) -> None:
+        with self._lock:
+            self._reserved -= 1
+
     def submit(self, job: Job) -> Job:
         with self._lock:
-            active = sum(
-                1 for j in self._jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING)
-            )
+            active = self._active()
             if active >= self.max_jobs:
                 raise JobsFullError(f"{active} jobs are queued or running (PTQ4VM_MAX_JOBS)")
             self._jobs[job.id] = job
@@ -178,6 +209,32 @@ class JobManager:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job (its decoder is killed, its files removed); None for
+        an unknown job, JobFinishedError for one that has finished."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state in FINISHED:
+                raise JobFinishedError(f"job {job_id} has finished ({job.state.value})")
+            job.cancel_requested.set()
+            if job.state is JobState.QUEUED:
+                self._finish(job, JobState.CANCELLED, "cancelled")
+        source = job.source
+        if source is not None:
+            source.kill()
+        logger.info("job %s cancelled", job_id)
+        return job
+
+    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+        job.state, job.error = state, error
+        job.finished = time.time()
+        job.expires = job.finished + self.ttl_s
+        shutil.rmtree(job.dir, ignore_errors=True)
+        self._metrics.jobs_active.dec()
+        self._metrics.jobs.labels(state=state.value).inc()
 
     def reap(self) -> int:
         now = time.time()
@@ -206,22 +263,37 @@ class JobManager:
     # In a job thread --------------------------------------------------------------------------
 
     def _execute(self, job: Job) -> None:
+        with self._lock:
+            if job.state is not JobState.QUEUED:  # cancelled while it waited
+                return
+            job.state = JobState.RUNNING
         if self._nice and hasattr(os, "setpriority"):
             # Linux nice is per thread: decoding and encoding (and the encoder's own threads,
             # which inherit it) yield to live sessions. Inference goes through the scheduler.
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
-        job.state = JobState.RUNNING
         started = time.monotonic()
+        timer = threading.Timer(self.max_job_seconds, self._time_out, (job,))
+        timer.daemon = True
+        timer.start()
+        state, error = JobState.DONE, None
         try:
             with self._registry.acquire(job.model) as lease:
                 job.version = lease.version
                 self._matte(job, lease)
+            if job.cancel_requested.is_set():
+                raise JobCancelledError("cancelled")
         except Exception as exc:
-            job.state, job.error = JobState.FAILED, str(exc) or type(exc).__name__
-            logger.warning("job %s failed: %s", job.id, job.error)
+            state, error = JobState.FAILED, str(exc) or type(exc).__name__
+            if job.cancel_requested.is_set():
+                state, error = JobState.CANCELLED, "cancelled"
+            elif time.monotonic() - started >= self.max_job_seconds:
+                error = (
+                    f"the job ran over its time limit of {self.max_job_seconds:g} s "
+                    "(PTQ4VM_MAX_JOB_SECONDS)"
+                )
+            logger.info("job %s %s: %s", job.id, state.value, error)
         else:
-            job.state = JobState.DONE
             logger.info(
                 "job %s done: %d frames in %.1f s",
                 job.id,
@@ -229,31 +301,54 @@ class JobManager:
                 time.monotonic() - started,
             )
         finally:
-            job.finished = time.time()
-            job.expires = job.finished + self.ttl_s
-            job.input.unlink(missing_ok=True)
-            self._metrics.jobs_active.dec()
-            self._metrics.jobs.labels(state=job.state.value).inc()
+            timer.cancel()
+            job.source = None
+            with self._lock:
+                if state is JobState.DONE:
+                    job.state = state
+                    job.finished = time.time()
+                    job.expires = job.finished + self.ttl_s
+                    job.input.unlink(missing_ok=True)
+                    self._metrics.jobs_active.dec()
+                    self._metrics.jobs.labels(state=state.value).inc()
+                else:
+                    self._finish(job, state, error)
+
+    def _time_out(self, job: Job) -> None:
+        source = job.source
+        if source is not None:
+            logger.info("job %s: over PTQ4VM_MAX_JOB_SECONDS, stopping it", job.id)
+            source.kill()
 
     def _matte(self, job: Job, lease: ModelLease) -> None:
-        info = probe(job.input)
-        job.frames_total = info.frame_count
+        with VideoSource(job.input, self.limits, nice=self._nice) as source:
+            job.source = source
+            if job.cancel_requested.is_set():
+                raise JobCancelledError("cancelled")
+            self._matte_frames(job, lease, source)
+
+    def _matte_frames(self, job: Job, lease: ModelLease, source: VideoSource) -> None:
+        info = source.meta
+        job.frames_total = info.frames
         ratio = resolve_downsample_ratio(job.downsample_ratio, info.width, info.height)
         kind = OUTPUTS[job.output][0]
         bg = None
         if job.output == "composite":
-            bg = parse_background(job.background, info.width, info.height)
+            # The image is the job's own upload, already checked (server.media); a colour
+            # otherwise. `background` never names a file: the route accepts colours only.
+            spec = str(job.background_image) if job.background_image else job.background
+            bg = parse_background(spec, info.width, info.height)
         writer: FrameWriter = open_writer(
             job.result,
             kind,
             width=info.width,
             height=info.height,
             fps=info.fps,
-            audio_from=job.input if job.output == "composite" else None,
+            audio_from=job.input if job.output == "composite" and info.audio else None,
         )
         with writer:
             state: Any = None
-            for frame in iter_frames(job.input):
+            for frame in source.frames():
                 done = self._infer(lease, frame, state, ratio, need_rgb=job.output != "alpha")
                 state = done.state
                 fgr, pha = done.payload

@@ -42,6 +42,10 @@ class StartMessage(BaseModel):
 
 
 CONTROL_TYPES = frozenset({"start", "reset", "stop", "ping"})
+# Control messages are flat objects; anything nested deeper is refused unparsed further.
+MAX_JSON_DEPTH = 8
+# A ping's `id` is echoed back: a short string or an integer only.
+MAX_PING_ID_CHARS = 128
 
 
 class ProtocolError(Exception):
@@ -54,14 +58,50 @@ class ProtocolError(Exception):
         self.close = close
 
 
-def parse_control(text: str) -> dict[str, Any]:
-    """A text message -> its JSON object with a known `type`, or ProtocolError (1003)."""
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects more than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_control(text: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """A text message -> its JSON object with a known `type`, or ProtocolError: 1009 over
+    `max_bytes` (never parsed), 1003 not JSON, nested over MAX_JSON_DEPTH, or no known type."""
+    if max_bytes is not None and len(text) > max_bytes:  # characters >= bytes / 4: cheap
+        size = len(text.encode())
+        if size > max_bytes:
+            raise ProtocolError(
+                "too_big",
+                f"text message of {size} bytes is over {max_bytes} (PTQ4VM_MAX_TEXT_BYTES)",
+                Close.TOO_BIG,
+            )
     try:
         obj = json.loads(text)
+    except RecursionError:
+        obj = None
+        nested = True
     except ValueError as exc:
         raise ProtocolError(
-            "bad_message", f"text message is not JSON: {exc}", Close.UNSUPPORTED
+            "bad_message", f"text message is not JSON: {str(exc)[:200]}", Close.UNSUPPORTED
         ) from None
+    else:
+        nested = _too_deep(obj, MAX_JSON_DEPTH)
+    if nested:
+        raise ProtocolError(
+            "bad_message",
+            f"text message nests JSON deeper than {MAX_JSON_DEPTH} levels",
+            Close.UNSUPPORTED,
+        )
     if not isinstance(obj, dict):
         raise ProtocolError(
             "bad_message", "text message must be a JSON object with a 'type'", Close.UNSUPPORTED
@@ -74,10 +114,20 @@ def parse_control(text: str) -> dict[str, Any]:
             "(frames are binary messages)",
             Close.UNSUPPORTED,
         )
+    if kind == "ping" and "id" in obj:
+        ping_id = obj["id"]
+        short = isinstance(ping_id, str) and len(ping_id) <= MAX_PING_ID_CHARS
+        if not (short or (isinstance(ping_id, int) and abs(ping_id) < 2**53)):
+            raise ProtocolError(
+                "bad_message",
+                f"a ping id must be a string of at most {MAX_PING_ID_CHARS} characters or an "
+                "integer",
+                Close.UNSUPPORTED,
+            )
     return obj
 
 
-def parse_start(obj: dict[str, Any], max_side: int) -> StartMessage:
+def parse_start(obj: dict[str, Any], max_side: int, max_pixels: int | None = None) -> StartMessage:
     try:
         start = StartMessage.model_validate(obj)
     except ValidationError as exc:
@@ -92,6 +142,13 @@ def parse_start(obj: dict[str, Any], max_side: int) -> StartMessage:
             "bad_start",
             f"frame size {start.width}x{start.height} is over the limit of {max_side} px a side "
             "(PTQ4VM_MAX_FRAME_SIDE)",
+            Close.POLICY,
+        )
+    if max_pixels is not None and start.width * start.height > max_pixels:
+        raise ProtocolError(
+            "bad_start",
+            f"frame size {start.width}x{start.height} is over the limit of {max_pixels} pixels "
+            "(PTQ4VM_MAX_PIXELS)",
             Close.POLICY,
         )
     ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)

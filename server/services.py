@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ptq4vm_core.engine import ModelNotFoundError
 from server.default_model import DefaultModelBuilder
 from server.jobs import JobManager
+from server.media import MediaLimits
 from server.metrics import Metrics
 from server.registry import ModelRegistry, ModelUnavailableError
 from server.scheduler import Scheduler
@@ -17,6 +18,10 @@ from server.sessions import SessionManager
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def media_limits(settings: Settings) -> MediaLimits:
+    return MediaLimits(settings.max_pixels, settings.max_video_seconds, settings.max_video_frames)
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Services:
             max_jobs=settings.max_jobs,
             ttl_s=settings.job_ttl_s,
             nice=settings.job_nice,
+            limits=media_limits(settings),
+            max_job_seconds=settings.max_job_seconds,
         )
         builder = DefaultModelBuilder(settings, registry, metrics)
         return cls(settings, metrics, registry, scheduler, sessions, jobs, builder)

@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -265,7 +266,13 @@ class Session:
 
 
 class SessionManager:
-    """Every session of the process: capacity, lookup for resumption, expiry of detached ones."""
+    """Every session of the process: capacity, lookup for resumption, expiry of detached ones.
+
+    Capacity (`max_sessions`) counts every session, detached ones included (they hold a model
+    and a state until they expire), and every connection admitted that has no session yet, so
+    neither idle sockets nor abandoned sessions can crowd out live ones unseen. Connections
+    per client address are bounded too (`admit`).
+    """
 
     def __init__(
         self, *, max_sessions: int, ttl_s: float, scheduler: Scheduler, metrics: Metrics
@@ -275,12 +282,40 @@ class SessionManager:
         self.scheduler = scheduler
         self.metrics = metrics
         self._sessions: dict[str, Session] = {}
+        # Connections admitted without a session yet, and open connections per client address.
+        self.waiting = 0
+        self._clients: Counter[str] = Counter()
 
     def attached(self) -> int:
         return sum(1 for s in self._sessions.values() if s.outbox is not None)
 
     def has_room(self) -> bool:
-        return self.attached() < self.max_sessions
+        """Room for a new session started by a waiting connection (counted in `waiting`)."""
+        return len(self._sessions) + self.waiting <= self.max_sessions
+
+    def admit(self, client: str, resume: str | None, per_client: int) -> str | None:
+        """Admit a new connection from `client`: None, or why not (`too_many_connections`,
+        `at_capacity`). A connection resuming an existing session is never at capacity: its
+        session is counted already. An admitted connection waits until it gets a session
+        (`stop_waiting`) and leaves with `leave`."""
+        if self._clients[client] >= per_client:
+            return "too_many_connections"
+        resuming = resume is not None and self.get(resume) is not None
+        if not resuming and len(self._sessions) + self.waiting >= self.max_sessions:
+            return "at_capacity"
+        self._clients[client] += 1
+        self.waiting += 1
+        return None
+
+    def stop_waiting(self) -> None:
+        self.waiting -= 1
+
+    def leave(self, client: str, *, waiting: bool) -> None:
+        self._clients[client] -= 1
+        if self._clients[client] <= 0:
+            del self._clients[client]
+        if waiting:
+            self.waiting -= 1
 
     def add(self, session: Session, outbox: Outbox) -> None:
         self._sessions[session.id] = session

@@ -5,7 +5,9 @@ Validators fail at start-up with a message naming the variable, never at the fir
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +54,14 @@ class Settings(BaseSettings):
     session_ttl_s: PositiveFloat = 30.0
     ping_interval_s: PositiveFloat = 20.0
     ping_timeout_s: PositiveFloat = 20.0
+    # Hostile clients (docs/security.md): text (JSON control) messages are small; a client
+    # address holds at most this many WebSocket connections (the forwarded address when the
+    # peer is one of `trusted_proxies`); Origin allow-list of the handshake and of the
+    # browser-facing routes (comma-separated; empty: the server's own origin; `*`: any).
+    max_text_bytes: PositiveInt = 64 * 1024
+    max_connections_per_client: PositiveInt = 8
+    trusted_proxies: str = ""
+    allowed_origins: str = ""
 
     # Inference scheduling.
     infer_workers: PositiveInt = 1
@@ -65,6 +75,15 @@ class Settings(BaseSettings):
     # REST and video jobs (DESIGN 4.4).
     max_image_bytes: PositiveInt = 16 * MiB
     max_upload_bytes: PositiveInt = 512 * MiB
+    # Decoded size limits of every image and video that enters, checked from the header or
+    # the container before any pixel is decoded (4096x2048 = 8 Mpx covers 4K UHD).
+    max_pixels: PositiveInt = 4096 * 2048
+    max_video_seconds: PositiveFloat = 600.0
+    max_video_frames: PositiveInt = 18_000
+    # Uploads (`/v1/matte`, `/v1/jobs`, `/admin/calibrations`) read at once; more: 503.
+    max_uploads: PositiveInt = 4
+    # Wall-clock limit of one video job (queued time not counted).
+    max_job_seconds: PositiveFloat = 3600.0
     max_jobs: PositiveInt = 16
     job_workers: PositiveInt = 1
     job_ttl_s: PositiveFloat = 3600.0
@@ -112,6 +131,29 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None or not value.get_secret_value() else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"PTQ4VM_TRUSTED_PROXIES: {part!r} is no IP address or CIDR network"
+                    ) from None
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            if part and part != "*" and not re.fullmatch(r"https?://[^/\s]+/?", part):
+                raise ValueError(
+                    f"PTQ4VM_ALLOWED_ORIGINS: {part!r} is no origin (scheme://host[:port]) or *"
+                )
+        return value
 
     @field_validator("static_dir")
     @classmethod

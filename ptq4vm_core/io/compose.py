@@ -57,6 +57,24 @@ def _solid(rgb: tuple[int, int, int], width: int, height: int) -> npt.NDArray[np
     return np.full((height, width, 3), rgb, dtype=np.uint8)
 
 
+def parse_colour(spec: str) -> tuple[int, int, int] | None:
+    """The RGB colour `spec` names (a colour name, ``'#RRGGBB'`` or ``'R,G,B'``), or None when
+    it is no colour form; ValueError for ``R,G,B`` values over 255. Never reads a file."""
+    text = spec.strip()
+    named = NAMED_COLOURS.get(text.lower())
+    if named is not None:
+        return named
+    if match := _HEX_RE.fullmatch(text):
+        value = int(match.group(1), 16)
+        return (value >> 16) & 255, (value >> 8) & 255, value & 255
+    if match := _TRIPLE_RE.fullmatch(text):
+        r, g, b = (int(v) for v in match.groups())
+        if max(r, g, b) > 255:
+            raise ValueError(f"background {spec!r}: each of R,G,B must be 0-255")
+        return r, g, b
+    return None
+
+
 def parse_background(spec: str, width: int, height: int) -> npt.NDArray[np.uint8]:
     """Build a background plate from a colour spec or an image path.
 
@@ -79,17 +97,9 @@ def parse_background(spec: str, width: int, height: int) -> npt.NDArray[np.uint8
     if width <= 0 or height <= 0:
         raise ValueError(f"background size must be positive, got {width}x{height}")
     text = spec.strip()
-    named = NAMED_COLOURS.get(text.lower())
-    if named is not None:
-        return _solid(named, width, height)
-    if match := _HEX_RE.fullmatch(text):
-        value = int(match.group(1), 16)
-        return _solid(((value >> 16) & 255, (value >> 8) & 255, value & 255), width, height)
-    if match := _TRIPLE_RE.fullmatch(text):
-        r, g, b = (int(v) for v in match.groups())
-        if max(r, g, b) > 255:
-            raise ValueError(f"background {spec!r}: each of R,G,B must be 0-255")
-        return _solid((r, g, b), width, height)
+    colour = parse_colour(text)
+    if colour is not None:
+        return _solid(colour, width, height)
     path = Path(text)
     if not path.is_file():
         raise ValueError(f"unrecognised background {spec!r}; expected {_ACCEPTED}")

@@ -1,14 +1,14 @@
 """Admin routes (DESIGN 4.4): recalibration on uploaded clips, versions, activation/rollback.
 
 Every route needs `Authorization: Bearer $PTQ4VM_ADMIN_TOKEN` (401 without it, 403 with a
-wrong one); with the token unset the routes answer 404, as if they did not exist.
+wrong one); with the token unset the routes answer 404, as if they did not exist. The check
+runs twice: in server.gates before any body is read, and here as the routes' dependency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -17,28 +17,24 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Uploa
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine import ModelNotFoundError
-from ptq4vm_core.io.video import VideoError
 from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
-from server.codec import validate_video
+from server.decoder import probe_upload
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
+from server.gates import admin_refusal
 from server.limits import MALFORMED_UPLOAD, disk_full
+from server.media import MediaError
 from server.registry import ModelUnavailableError
+from server.services import media_limits
+from server.settings import Settings
 
 
 def require_admin(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    token = settings.admin_token
-    if token is None:
-        raise HTTPException(404, "Not Found")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise HTTPException(
-            401, "admin routes need Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "wrong admin token")
+    refusal = admin_refusal(settings, authorization)
+    if refusal is not None:
+        raise refusal
 
 
 router = APIRouter(
@@ -64,17 +60,19 @@ def _save(source: BinaryIO, target: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
+async def _store(upload: UploadFile, target: Path, what: str, settings: Settings) -> dict[str, Any]:
     try:
         sha256, size = await asyncio.to_thread(_save, upload.file, target)
     except OSError as exc:
         raise disk_full(exc) or exc from None
     try:
-        await asyncio.to_thread(validate_video, target)
-    except VideoError as exc:
-        raise HTTPException(
-            415, f"{what} ({upload.filename or 'upload'}) is not a video that can be decoded: {exc}"
-        ) from None
+        await asyncio.to_thread(
+            probe_upload, target, media_limits(settings), nice=settings.calibration_nice
+        )
+    except MediaError as exc:
+        name = (upload.filename or "upload")[:64]
+        why = "is not a video that can be decoded here: " if exc.status == 415 else ""
+        raise HTTPException(exc.status, f"{what} ({name}) {why}{exc}") from None
     return {"name": upload.filename or "", "file": target.name, "sha256": sha256, "bytes": size}
 
 
@@ -83,8 +81,11 @@ async def _store(upload: UploadFile, target: Path, what: str) -> dict[str, Any]:
     status_code=202,
     responses={
         **MALFORMED_UPLOAD,
-        413: {"description": "The upload is over PTQ4VM_MAX_CALIBRATION_BYTES."},
-        415: {"description": "A clip or alpha that is not a video that can be decoded."},
+        413: {
+            "description": "The uploads are over PTQ4VM_MAX_CALIBRATION_BYTES, or a clip over "
+            "PTQ4VM_MAX_PIXELS, PTQ4VM_MAX_VIDEO_SECONDS or PTQ4VM_MAX_VIDEO_FRAMES."
+        },
+        415: {"description": "A clip or alpha that is not an allowed video that decodes."},
         422: {"description": "Bad bits, method, profile, or alphas that do not match clips."},
         507: {
             "description": "Less free disk space than PTQ4VM_MIN_FREE_BYTES, or the disk "
@@ -96,6 +97,7 @@ async def create_calibration(
     clips: Annotated[list[UploadFile], File(description="Videos PyAV can decode.")],
     bits: Annotated[Literal["w8a8", "w4a8", "w4a4"], Form()],
     calibrations: CalibrationsDep,
+    settings: SettingsDep,
     alphas: Annotated[
         list[UploadFile] | None,
         File(description="Optional ground-truth alpha videos, one per clip, in clip order."),
@@ -120,11 +122,11 @@ async def create_calibration(
     try:
         rows = []
         for index, clip in enumerate(clips):
-            row = await _store(clip, job_dir / f"clip{index}.video", f"clip {index + 1}")
+            row = await _store(clip, job_dir / f"clip{index}.video", f"clip {index + 1}", settings)
             row["alpha"] = None
             if alphas:
                 alpha = await _store(
-                    alphas[index], job_dir / f"alpha{index}.video", f"alpha {index + 1}"
+                    alphas[index], job_dir / f"alpha{index}.video", f"alpha {index + 1}", settings
                 )
                 row["alpha"] = alpha["file"]
             rows.append(row)

@@ -10,16 +10,26 @@ from fastapi.responses import Response
 
 from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.pipeline import resolve_downsample_ratio
-from server.codec import FrameError, decode_image, encode_alpha, network_size_error, to_batch
-from server.deps import MetricsDep, RegistryDep, SchedulerDep
+from server.codec import (
+    FrameError,
+    decode_image,
+    encode_alpha,
+    image_size,
+    network_size_error,
+    to_batch,
+)
+from server.deps import MetricsDep, RegistryDep, SchedulerDep, SettingsDep
 from server.limits import MALFORMED_UPLOAD
+from server.media import MediaError
+from server.redact import redact
 from server.registry import ModelUnavailableError
 from server.scheduler import Work
+from server.services import media_limits as settings_limits
 
 router = APIRouter(prefix="/v1", tags=["matte"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The upload is over PTQ4VM_MAX_IMAGE_BYTES."},
+    413: {"description": "The upload is over PTQ4VM_MAX_IMAGE_BYTES or PTQ4VM_MAX_PIXELS."},
     415: {"description": "Not an image (PNG or JPEG) that can be decoded."},
     422: {"description": "Unknown model, bad downsample_ratio, or one too small for the image."},
     503: {"description": "The model cannot be loaded."},
@@ -40,17 +50,22 @@ async def matte(
     registry: RegistryDep,
     scheduler: SchedulerDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
     downsample_ratio: Annotated[float | None, Form(gt=0, le=1)] = None,
     model: Annotated[str | None, Form(description="fp32 or a version; default: active.")] = None,
 ) -> Response:
     """The image's alpha as a grey PNG of the same size (a single frame: no recurrent state).
     Headers say which model and downsample ratio made it."""
     data = await image.read()
+    name = (image.filename or "upload")[:64]
     try:
+        width, height = image_size(data)
+        settings_limits(settings).check_pixels(width, height, name)
         rgb = await asyncio.to_thread(decode_image, data)
     except FrameError as exc:
-        raise HTTPException(415, f"{image.filename or 'upload'}: {exc}") from None
-    height, width = rgb.shape[:2]
+        raise HTTPException(415, f"{name}: {exc}") from None
+    except MediaError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     ratio = resolve_downsample_ratio(downsample_ratio, width, height)
     problem = network_size_error(width, height, ratio)
     if problem is not None:
@@ -60,7 +75,7 @@ async def matte(
     except ModelNotFoundError as exc:
         raise HTTPException(422, str(exc)) from None
     except ModelUnavailableError as exc:
-        raise HTTPException(503, str(exc)) from None
+        raise HTTPException(503, redact(str(exc))) from None
     with lease:
         work = Work(
             engine=lease.engine,

@@ -1,0 +1,187 @@
+"""Checks that run before a route and before any body is read (ASGI middleware), so a hostile
+client costs the server a header parse, never a spooled upload:
+
+* `Origin` of the WebSocket handshake and of every state-changing HTTP request (POST, PUT,
+  PATCH, DELETE) against PTQ4VM_ALLOWED_ORIGINS: empty (the default) allows the server's own
+  origin, `*` allows any, else a comma-separated list. No Origin (not a browser) is allowed.
+  A refusal is HTTP 403 (at the handshake for a WebSocket).
+* `/admin/*`: the bearer token (404 with admin off, 401 without a token, 403 a wrong one).
+* Uploads: at most PTQ4VM_MAX_UPLOADS read at once, and `POST /v1/jobs` only while a job can
+  still be queued (PTQ4VM_MAX_JOBS): 503 with Retry-After otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_PATHS = frozenset({"/v1/matte", "/v1/jobs", "/admin/calibrations"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def admin_refusal(settings: Settings, authorization: str | None) -> HTTPException | None:
+    """Why an admin request is refused (404 admin off, 401 no bearer token, 403 wrong token),
+    or None. The token is compared in constant time."""
+    token = settings.admin_token
+    if token is None:
+        return HTTPException(404, "Not Found")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return HTTPException(
+            401, "admin routes need Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        return HTTPException(403, "wrong admin token")
+    return None
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OriginPolicy:
+    """PTQ4VM_ALLOWED_ORIGINS as a predicate over (Origin, Host)."""
+
+    def __init__(self, allowed: str, bind_host: str) -> None:
+        items = {o.strip().rstrip("/").lower() for o in allowed.split(",") if o.strip()}
+        self.any = "*" in items
+        self.listed = frozenset(items - {"*"})
+        # A server bound to loopback is its own origin only under a loopback name: a page on
+        # another name that resolves here (DNS rebinding) carries its own Host and is refused.
+        self.loopback_only = _is_loopback(bind_host)
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return True
+        origin = origin.strip().rstrip("/").lower()
+        if self.any or origin in self.listed:
+            return True
+        if self.listed or not host:
+            return False
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.netloc != host.lower():
+            return False
+        return not self.loopback_only or _is_loopback(parts.hostname or "")
+
+
+@functools.lru_cache(maxsize=8)
+def parse_networks(spec: str) -> tuple[Network, ...]:
+    """PTQ4VM_TRUSTED_PROXIES: comma-separated addresses or CIDR networks."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+
+def _trusted(address: str, proxies: Iterable[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def client_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the last
+    address in X-Forwarded-For that is not a trusted proxy (the one the proxies saw)."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not proxies or not _trusted(peer, proxies):
+        return peer
+    forwarded = Headers(scope=scope).getlist("x-forwarded-for")
+    hops = [h.strip() for line in forwarded for h in line.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+class RequestGates:
+    """ASGI middleware applying the module's checks; `settings` are the app's."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.origins = OriginPolicy(settings.allowed_origins, settings.host)
+        self.uploads = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        path: str = scope.get("path", "")
+        checks_origin = scope["type"] == "websocket" or scope.get("method") not in _SAFE_METHODS
+        if checks_origin and not self.origins.allows(headers.get("origin"), headers.get("host")):
+            logger.info("refused origin %r on %s", headers.get("origin", "")[:200], path)
+            await self._refuse(scope, receive, send, HTTPException(403, "origin not allowed"))
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        if path == "/admin" or path.startswith("/admin/"):
+            refusal = admin_refusal(self.settings, headers.get("authorization"))
+            if refusal is not None:
+                await self._refuse(scope, receive, send, refusal)
+                return
+        if scope.get("method") == "POST" and path in UPLOAD_PATHS:
+            await self._upload(scope, receive, send, path)
+            return
+        await self.app(scope, receive, send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if self.uploads >= self.settings.max_uploads:
+            busy = HTTPException(
+                503,
+                f"{self.uploads} uploads are being received, the limit "
+                "(PTQ4VM_MAX_UPLOADS); retry later",
+                {"Retry-After": "5"},
+            )
+            await self._refuse(scope, receive, send, busy)
+            return
+        jobs = scope["app"].state.services.jobs if path == "/v1/jobs" else None
+        if jobs is not None and not jobs.try_reserve():
+            full = HTTPException(
+                503,
+                f"{jobs.max_jobs} jobs are queued, running or uploading (PTQ4VM_MAX_JOBS); "
+                "retry later",
+                {"Retry-After": "30"},
+            )
+            await self._refuse(scope, receive, send, full)
+            return
+        self.uploads += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.uploads -= 1
+            if jobs is not None:
+                jobs.unreserve()
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: HTTPException) -> None:
+        if scope["type"] == "websocket":
+            # Closing before accepting: the server answers the handshake with HTTP 403.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        await response(scope, receive, send)
