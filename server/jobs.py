@@ -19,11 +19,12 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,6 +66,16 @@ FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 class JobsFullError(Exception):
     """PTQ4VM_MAX_JOBS jobs are queued or running."""
+
+
+class RemoteMatting(Protocol):
+    """Where jobs run instead of this process when a cluster is configured (server.ray_jobs):
+    `matte` writes `job.result`, keeps `job.frames_done` current and raises
+    JobCancelledError once `should_stop()` is true."""
+
+    def matte(self, job: Job, version: str, should_stop: Callable[[], bool]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class JobCancelledError(Exception):
@@ -145,6 +156,7 @@ class JobManager:
         nice: int = 0,
         limits: MediaLimits | None = None,
         max_job_seconds: float = 3600.0,
+        remote: RemoteMatting | None = None,
     ) -> None:
         self.root = root
         self.ttl_s = ttl_s
@@ -160,6 +172,7 @@ class JobManager:
         self._nice = nice
         self.limits = limits or MediaLimits(4096 * 2048, 600.0, 18_000)
         self.max_job_seconds = max_job_seconds
+        self._remote = remote
         # Uploads admitted (server.gates) but not yet submitted: they count against max_jobs,
         # so a full server answers 503 before spooling a body.
         self._reserved = 0
@@ -255,6 +268,8 @@ class JobManager:
     def close(self) -> None:
         self._stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._remote is not None:
+            self._remote.close()
         with self._lock:
             jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
@@ -321,6 +336,18 @@ class JobManager:
             source.kill()
 
     def _matte(self, job: Job, lease: ModelLease) -> None:
+        if self._remote is not None:
+            deadline = time.monotonic() + self.max_job_seconds
+            self._remote.matte(
+                job,
+                lease.version,
+                lambda: (
+                    self._stopping.is_set()
+                    or job.cancel_requested.is_set()
+                    or time.monotonic() > deadline
+                ),
+            )
+            return
         with VideoSource(job.input, self.limits, nice=self._nice) as source:
             job.source = source
             if job.cancel_requested.is_set():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ptq4vm_core.engine import ModelNotFoundError
 from server.default_model import DefaultModelBuilder
-from server.jobs import JobManager
+from server.jobs import JobManager, RemoteMatting
 from server.media import MediaLimits
 from server.metrics import Metrics
 from server.registry import ModelRegistry, ModelUnavailableError
@@ -22,6 +22,17 @@ logger = logging.getLogger(__name__)
 
 def media_limits(settings: Settings) -> MediaLimits:
     return MediaLimits(settings.max_pixels, settings.max_video_seconds, settings.max_video_frames)
+
+
+
+def remote_matting(settings: Settings) -> RemoteMatting | None:
+    """Video jobs on Ray when PTQ4VM_RAY_ADDRESS is set (Settings checked Ray is installed)."""
+    if settings.ray_address is None:
+        return None
+    # Ray is an optional extra: its module is imported only when a cluster is configured.
+    from server.ray_jobs import RayJobRunner
+
+    return RayJobRunner(settings.ray_address, settings.home)
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Services:
             nice=settings.job_nice,
             limits=media_limits(settings),
             max_job_seconds=settings.max_job_seconds,
+            remote=remote_matting(settings),
         )
         builder = DefaultModelBuilder(settings, registry, metrics)
         return cls(settings, metrics, registry, scheduler, sessions, jobs, builder)

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.paths import cache_root
 
@@ -89,6 +90,9 @@ class Settings(BaseSettings):
     job_ttl_s: PositiveFloat = 3600.0
     # CPU niceness of the job threads (decoding, encoding), so that sessions come first.
     job_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # Video jobs on this Ray cluster (HOST:PORT, ray://..., auto) instead of in this process;
+    # every node mounts `home` at the same path. Needs the `ray` extra (docs/batch.md).
+    ray_address: str | None = None
 
     # Registry: versions no session uses kept loaded (least recently used first out) besides
     # the active one and fp32, which always stay loaded.
@@ -126,6 +130,15 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_installed(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not ray_available():
+            raise ValueError(f"PTQ4VM_RAY_ADDRESS={value} is set, but {RAY_EXTRA_HINT}")
+        return value
 
     @field_validator("admin_token")
     @classmethod
