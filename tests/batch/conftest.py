@@ -18,6 +18,10 @@ import pytest
 from ptq4vm_core.io.evalclip import moving_background
 from ptq4vm_core.io.video import open_writer
 from tests.net import free_port
+from tests.server.conftest import (  # noqa: F401  (fixtures, registered by import)
+    assets,
+    start_server,
+)
 
 RAY = Path(sys.executable).with_name("ray")
 # Token authentication would make every client find the cluster's token; this cluster is
