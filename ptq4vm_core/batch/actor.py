@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -83,12 +84,13 @@ class MatteWorker:
                 yield FramesDone(count, self._info.pid)
 
 
-def actor_class(cpus: float, threads: int) -> Any:
+def actor_class(cpus: float, threads: int, home: Path | None = None) -> Any:
     """The Ray actor class: `cpus` logical CPUs reserved, the engine on `threads` intra-op
-    threads (PTQ4VM_THREADS in the actor's process), never restarted by Ray (the runner
-    replaces a dead actor and re-runs its video itself)."""
-    return ray.remote(
-        num_cpus=cpus,
-        max_restarts=0,
-        runtime_env={"env_vars": {"PTQ4VM_THREADS": str(threads)}},
-    )(MatteWorker)
+    threads (PTQ4VM_THREADS in the actor's process), models resolved under `home`
+    (PTQ4VM_HOME; default: the driver's, when it has one), never restarted by Ray (the
+    driver replaces a dead actor and re-runs its video itself)."""
+    env = {"PTQ4VM_THREADS": str(threads)}
+    home_dir = str(home) if home is not None else os.environ.get("PTQ4VM_HOME")
+    if home_dir:
+        env["PTQ4VM_HOME"] = home_dir
+    return ray.remote(num_cpus=cpus, max_restarts=0, runtime_env={"env_vars": env})(MatteWorker)
