@@ -80,9 +80,17 @@ class OriginPolicy:
         if self.listed or not host:
             return False
         parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or parts.netloc != host.lower():
+        if parts.scheme not in ("http", "https"):
             return False
-        return not self.loopback_only or _is_loopback(parts.hostname or "")
+        if parts.netloc == host.lower():
+            return not self.loopback_only or _is_loopback(parts.hostname or "")
+        # localhost and 127.0.0.1 (and ::1) on the same port are this same loopback server.
+        served = urlsplit(f"//{host.lower()}")
+        return (
+            _is_loopback(parts.hostname or "")
+            and _is_loopback(served.hostname or "")
+            and parts.port == served.port
+        )
 
 
 @functools.lru_cache(maxsize=8)

@@ -206,13 +206,19 @@ class Client:
         *,
         container: str | None = None,
         background: str | None = None,
+        background_image: Path | bytes | None = None,
         downsample_ratio: float | None = None,
         model: str | None = None,
     ) -> Job:
+        """`background` is a colour; `background_image` (a PNG/JPEG file or its bytes) is
+        uploaded with the video and composited over instead."""
         with video.open("rb") as f:
             response = self._http.post(
                 "/v1/jobs",
-                files={"video": (video.name, f, "application/octet-stream")},
+                files={
+                    "video": (video.name, f, "application/octet-stream"),
+                    **_background_file(background_image),
+                },
                 data=_form(
                     output=output,
                     container=container,
@@ -362,9 +368,11 @@ class AsyncClient:
         *,
         container: str | None = None,
         background: str | None = None,
+        background_image: Path | bytes | None = None,
         downsample_ratio: float | None = None,
         model: str | None = None,
     ) -> Job:
+        """As `Client.submit_job`."""
         form = _form(
             output=output,
             container=container,
@@ -372,7 +380,10 @@ class AsyncClient:
             downsample_ratio=downsample_ratio,
             model=model,
         )
-        files = {"video": (video.name, video.read_bytes(), "application/octet-stream")}
+        files = {
+            "video": (video.name, video.read_bytes(), "application/octet-stream"),
+            **_background_file(background_image),
+        }
         return _job(await self._http.post("/v1/jobs", files=files, data=form))
 
     async def job(self, job_id: str) -> Job:
@@ -430,3 +441,12 @@ class AsyncClient:
                 f"calibration {calibration_id} not done after {timeout} s"
             ) from None
         return cal
+
+
+def _background_file(image: Path | bytes | None) -> dict[str, tuple[str, bytes, str]]:
+    """The `background_image` part of a job upload (the server reads no path of ours)."""
+    if image is None:
+        return {}
+    if isinstance(image, Path):
+        return {"background_image": (image.name, image.read_bytes(), "application/octet-stream")}
+    return {"background_image": ("background", image, "application/octet-stream")}
