@@ -9,6 +9,7 @@ from tests.server.conftest import (  # noqa: F401  (fixtures, registered by impo
     assets,
     clip_rgb,
     fp32_reference,
+    quantized_artifact,
     server,
     start_server,
 )
