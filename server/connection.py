@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from enum import Enum
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.engine.base import prepare_engine
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import FrameError
 from server.gates import client_address, parse_networks
@@ -50,8 +52,13 @@ _Item = tuple[dict[str, Any] | None, bytes | None, tuple[int, str] | None]
 # pongs are answers to the client's own messages, so a client that sends without reading
 # would grow this without bound: past it, the connection is closed (1008, `slow_reader`).
 MAX_OUTBOX = 64
+# Text (control) messages a connection may send: TEXT_BURST at once, TEXT_RATE a second on
+# average; a flood past it is a protocol violation (1008, `too_many_messages`), so one client
+# cannot keep the event loop parsing its JSON.
+TEXT_RATE = 50.0
+TEXT_BURST = 100.0
 # How long a closing connection waits for its writer (a peer that reads nothing blocks it).
-WRITER_GRACE_S = 5.0
+WRITER_GRACE_S = 1.0
 
 
 class Connection:
@@ -72,6 +79,8 @@ class Connection:
             websocket.scope, parse_networks(services.settings.trusted_proxies)
         )
         self._waiting = False  # admitted, no session yet (counted against capacity)
+        self._text_tokens = TEXT_BURST
+        self._text_at = time.monotonic()
 
     # Outbox -----------------------------------------------------------------------------------
 
@@ -214,7 +223,20 @@ class Connection:
             self.services.metrics.frame_errors.labels(code=exc.code).inc()
             self.deliver(error(exc.code, str(exc), seq=self.session.next_seq - 1))
 
+    def _charge_text(self) -> None:
+        now = time.monotonic()
+        self._text_tokens = min(TEXT_BURST, self._text_tokens + (now - self._text_at) * TEXT_RATE)
+        self._text_at = now
+        if self._text_tokens < 1:
+            raise ProtocolError(
+                "too_many_messages",
+                f"more than {TEXT_RATE:g} text messages a second (bursts of {TEXT_BURST:g})",
+                Close.POLICY,
+            )
+        self._text_tokens -= 1
+
     async def _on_text(self, text: str) -> None:
+        self._charge_text()
         obj = parse_control(text, self.settings.max_text_bytes)
         kind = obj["type"]
         if kind == "ping":
@@ -316,6 +338,24 @@ class Connection:
             f"server at capacity ({limit} sessions); try again later",
             Close.AT_CAPACITY,
         )
+
+    @staticmethod
+    async def _prepare(lease: ModelLease, start: StartMessage, ratio: float) -> None:
+        """Compile the engine for this stream's shape before the first frame (once per model
+        and shape: later sessions of that shape find it ready), in a thread: a compile takes
+        up to seconds and must hold up neither the event loop nor other sessions' frames."""
+        try:
+            await asyncio.to_thread(
+                prepare_engine, lease.engine, 1, start.height, start.width, ratio
+            )
+        except Exception as exc:
+            lease.release()
+            logger.warning("engine %s failed to compile: %s", lease.engine.name, exc)
+            raise ProtocolError(
+                "model_unavailable",
+                f"model {lease.version} cannot run {start.width}x{start.height} at ratio {ratio}",
+                Close.INTERNAL,
+            ) from None
 
     async def _acquire(self, model: str | None) -> ModelLease:
         registry = self.services.registry
