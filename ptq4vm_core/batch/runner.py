@@ -181,9 +181,17 @@ class _Run:
         try:
             info: ActorInfo = ray.get(actor.info_ref)
         except RayActorError as exc:
-            # The constructor failed: loading the model fails on every actor alike.
-            model = self.spec.model
-            raise BatchError(f"a Ray actor could not load model {model!r}: {exc}") from exc
+            if "creation task" in str(exc):
+                # The constructor raised: loading the model fails on every actor alike.
+                model = self.spec.model
+                raise BatchError(f"a Ray actor could not load model {model!r}: {exc}") from exc
+            # Killed while starting (its node lost): start another, within reason.
+            self.report.actor_deaths += 1
+            self.actors.remove(actor)
+            if self.report.actor_deaths > self.options.max_attempts * max(1, len(self.actors)):
+                raise BatchError(f"Ray actors keep dying as they start: {exc}") from exc
+            self.spawn()
+            return
         actor.info, actor.info_ref = info, None
         self.report.actors.append(info)
 

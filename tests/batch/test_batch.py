@@ -20,7 +20,7 @@ from ptq4vm_core.batch.manifest import Manifest, VideoStatus
 
 pytest.importorskip("ray")
 
-from ptq4vm_core.batch.runner import RayOptions, run_batch
+from ptq4vm_core.batch.runner import BatchError, RayOptions, run_batch
 from ptq4vm_core.batch.spec import BatchSpec, plan
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.io.video import iter_frames, read_alpha_frames
@@ -142,7 +142,7 @@ def test_rerun_resumes(ray_client: str, clips: dict[str, Path], tmp_path: Path) 
     spec = BatchSpec(model="fp32")
     out = tmp_path / "out"
     tasks = plan([clips["a"], clips["c"]], out, spec)
-    options = RayOptions(address=ray_client)
+    options = RayOptions(address=ray_client, actors=1)
     assert run_batch(tasks, spec, out, options).ok
     stamps = {p: p.stat().st_mtime_ns for p in (out / "a", out / "c")}
 
@@ -198,3 +198,17 @@ def test_bad_input_fails_alone(ray_client: str, clips: dict[str, Path], tmp_path
     assert "cannot decode image" in by_name["broken"]["error"]
     assert by_name["broken"]["attempts"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["b", "batch.json"]
+
+
+def test_a_model_no_actor_can_load_stops_the_batch(
+    ray_client: str, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "not-an-artifact"
+    broken.mkdir()
+    spec = BatchSpec(model=str(broken))
+    out = tmp_path / "out"
+    with pytest.raises(BatchError, match="could not load model"):
+        run_batch(plan([clips["b"]], out, spec), spec, out, RayOptions(address=ray_client))
+    manifest = Manifest.load(out / "batch.json")
+    assert manifest is not None
+    assert manifest.videos[str(clips["b"])].status is VideoStatus.PENDING
