@@ -20,6 +20,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.engine.base import prepare_engine
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import FrameError
 from server.gates import client_address, parse_networks
@@ -273,6 +274,7 @@ class Connection:
             lease.release()
             raise self._at_capacity()
         ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+        await self._prepare(lease, start, ratio)
         proposed = self.proposed_id
         if proposed is not None and sessions.get(proposed) is not None:
             proposed = None  # another connection started it while the model loaded
@@ -336,6 +338,24 @@ class Connection:
             f"server at capacity ({limit} sessions); try again later",
             Close.AT_CAPACITY,
         )
+
+    @staticmethod
+    async def _prepare(lease: ModelLease, start: StartMessage, ratio: float) -> None:
+        """Compile the engine for this stream's shape before the first frame (once per model
+        and shape: later sessions of that shape find it ready), in a thread: a compile takes
+        up to seconds and must hold up neither the event loop nor other sessions' frames."""
+        try:
+            await asyncio.to_thread(
+                prepare_engine, lease.engine, 1, start.height, start.width, ratio
+            )
+        except Exception as exc:
+            lease.release()
+            logger.warning("engine %s failed to compile: %s", lease.engine.name, exc)
+            raise ProtocolError(
+                "model_unavailable",
+                f"model {lease.version} cannot run {start.width}x{start.height} at ratio {ratio}",
+                Close.INTERNAL,
+            ) from None
 
     async def _acquire(self, model: str | None) -> ModelLease:
         registry = self.services.registry

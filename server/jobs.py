@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.base import Float32Array, prepare_engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, rgb_to_uint8
 from ptq4vm_core.io.video import FrameWriter, composite, open_writer, parse_background
 from ptq4vm_core.pipeline import resolve_downsample_ratio
@@ -358,6 +358,9 @@ class JobManager:
         info = source.meta
         job.frames_total = info.frames
         ratio = resolve_downsample_ratio(job.downsample_ratio, info.width, info.height)
+        # Compiled here, in the job's thread, not by the first frame in the shared inference
+        # workers, where it would hold up every live session.
+        prepare_engine(lease.engine, 1, info.height, info.width, ratio)
         kind = OUTPUTS[job.output][0]
         bg = None
         if job.output == "composite":

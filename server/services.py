@@ -12,7 +12,7 @@ from server.default_model import DefaultModelBuilder
 from server.jobs import JobManager, RemoteMatting
 from server.media import MediaLimits
 from server.metrics import Metrics
-from server.registry import ModelRegistry, ModelUnavailableError
+from server.registry import ModelRegistry, ModelUnavailableError, engine_loader
 from server.scheduler import Scheduler
 from server.sessions import SessionManager
 from server.settings import Settings
@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 def media_limits(settings: Settings) -> MediaLimits:
     return MediaLimits(settings.max_pixels, settings.max_video_seconds, settings.max_video_frames)
-
 
 
 def remote_matting(settings: Settings) -> RemoteMatting | None:
@@ -55,6 +54,7 @@ class Services:
             metrics=metrics,
             max_idle=settings.max_idle_models,
             override=settings.model,
+            loader=engine_loader(settings.engine),
         )
         scheduler = Scheduler(
             workers=settings.infer_workers,

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
 from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.engine.base import EngineKind
 from ptq4vm_core.paths import cache_root
 
 MiB = 1024 * 1024
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=cache_root)
     # Model for sessions and requests that name none; None = the registry's active version.
     model: str | None = None
+    # Runtime for every model (`ptq4vm serve --engine`): auto = the fastest measured here
+    # (OpenVINO with static shapes where it runs, else ONNX Runtime); see docs/engine.md.
+    engine: EngineKind = EngineKind.AUTO
 
     # Streaming sessions (DESIGN 4.3).
     max_sessions: PositiveInt = 16

@@ -286,3 +286,8 @@ class OpenVinoEngine:
             out = [request.get_tensor(name).data.copy() for name in ("fgr", "pha", *STATE_OUTPUTS)]
         fgr, pha, r1, r2, r3, r4 = out
         return EngineOutput(fgr, pha, OrtState(r1, r2, r3, r4))
+
+
+def openvino_version() -> str:
+    """The installed OpenVINO's version, or 'not installed'."""
+    return ov.get_version() if ov is not None else "not installed"

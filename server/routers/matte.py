@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.engine.base import prepare_engine
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import (
     FrameError,
@@ -77,6 +78,9 @@ async def matte(
     except ModelUnavailableError as exc:
         raise HTTPException(503, redact(str(exc))) from None
     with lease:
+        # A new image size compiles here, off the loop and outside the shared inference
+        # workers (the engine keeps a bounded number of sizes).
+        await asyncio.to_thread(prepare_engine, lease.engine, 1, height, width, ratio)
         work = Work(
             engine=lease.engine,
             model=lease.version,
