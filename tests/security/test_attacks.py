@@ -1,7 +1,7 @@
 """One test per attack of issue 18 against a real `ptq4vm serve` process, each inside
 `target.attack()`: the server stays up and logs no error, a witness session keeps streaming
-(p99 under twice its unloaded value), RSS grows under 300 MiB, and the refusal is the one
-docs/security.md documents."""
+(every frame answered, none stalled; its p99 is measured by benchmarks/security.py), RSS
+grows under 300 MiB, and the refusal is the one docs/security.md documents."""
 
 from __future__ import annotations
 
