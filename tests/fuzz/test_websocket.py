@@ -2,13 +2,19 @@
 messages of every shape (sound, tiny, huge, wrong types), control messages known and not,
 arbitrary JSON and text, random binary frames (some of exactly the declared rgb24 size, so
 they reach the engine), random `?session=` values, and raw garbage on the wire after the
-handshake. Every answer must be one of the documented messages or close codes; nothing may
-close with 1011 or log an error; a witness session streams throughout."""
+handshake; and the hostile messages of issue 18: JSON nested thousands deep, text past the
+text and message limits, pings with huge or non-scalar ids, bursts past the text-message
+rate, and PNG/JPEG frames declaring far more pixels than they carry (decompression bombs).
+Every answer must be one of the documented messages or close codes; nothing may close with
+1011 or log an error; a witness session streams throughout; and once the fuzzer is done,
+every connection it opened has been given back (a fresh client gets its full quota)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,11 +29,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.faults.rawws import RawClient
+from tests.faults.serve import gauge
+from tests.security.media import jpeg_declaring, png_declaring
 from tests.server.conftest import RunningServer, ServerFactory
 from tests.server.test_stream_errors import Witness
 
 MAX_MESSAGE_BYTES = 96 * 1024  # the witness sends 176x144 rgb24 frames: 76032 bytes
+MAX_TEXT_BYTES = 64 * 1024  # the default PTQ4VM_MAX_TEXT_BYTES
 END = '{"type":"pong","id":"fuzz-end"}'
+ACTIVE = "ptq4vm_stream_sessions_active"
+DETACHED = "ptq4vm_stream_sessions_detached"
 SERVER_MESSAGES = {"started", "matte", "error", "stopped", "pong"}
 # docs/server.md, "Errors and close codes"; `internal` (an engine failure) is a bug here.
 ERROR_CODES = {
@@ -41,6 +52,11 @@ ERROR_CODES = {
     "at_capacity",
     "idle_timeout",
     "session_resumed",
+    # Issue 18's bounds, reachable by the hostile messages below.
+    "too_big",
+    "too_many_messages",
+    # A burst's pongs are queued faster than the writer runs: past 64 unsent, documented.
+    "slow_reader",
 }
 # 1002: the WebSocket layer's answer to a malformed frame on the wire (the raw-bytes case).
 CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1013}
@@ -73,6 +89,55 @@ def start_message(draw: st.DrawFn) -> dict[str, Any]:
     return fields
 
 
+@dataclass(frozen=True)
+class Hostile:
+    """A hostile message made when sent (so a failing example prints as a short repr).
+
+    `deep`: `{"type": <kind-ish>, "x": [[[...]]]}` nested `n` deep (balanced or not);
+    `huge`: a ping padded to `n` bytes (over MAX_TEXT_BYTES: too_big, over MAX_MESSAGE_BYTES:
+    the WebSocket layer's 1009); `ping_id`: a ping whose id is `n` characters, a big integer
+    or a nested value; `burst`: `n` pings at once (past 100: too_many_messages);
+    `png`/`jpeg`: a small image declaring `n` x `m` pixels."""
+
+    kind: str
+    n: int
+    m: int = 1
+    flag: bool = False
+
+    def messages(self) -> list[str | bytes]:
+        if self.kind == "deep":
+            inner = "[" * self.n + ("]" * self.n if self.flag else "")
+            return ['{"type":"ping","x":' + inner + ("}" if self.flag else "")]
+        if self.kind == "huge":
+            return [json.dumps({"type": "ping", "pad": "x" * self.n})]
+        if self.kind == "ping_id":
+            ids: list[Any] = ["i" * self.n, 2**self.n, [[self.n]], {"id": self.n}]
+            return [json.dumps({"type": "ping", "id": ids[self.m % len(ids)]})]
+        if self.kind == "burst":
+            return [json.dumps({"type": "ping", "id": i}) for i in range(self.n)]
+        if self.kind == "png":
+            return [png_declaring(self.n, self.m)]
+        return [jpeg_declaring(self.n, self.m)]
+
+
+HOSTILE = st.one_of(
+    st.builds(Hostile, st.just("deep"), st.integers(9, 200_000), flag=st.booleans()),
+    st.builds(
+        Hostile,
+        st.just("huge"),
+        st.sampled_from([MAX_TEXT_BYTES - 64, MAX_TEXT_BYTES + 1, 2 * MAX_MESSAGE_BYTES])
+        | st.integers(0, 2 * MAX_MESSAGE_BYTES),
+    ),
+    st.builds(Hostile, st.just("ping_id"), st.integers(0, 100_000), st.integers(0, 3)),
+    st.builds(Hostile, st.just("burst"), st.integers(1, 300)),
+    st.builds(
+        Hostile,
+        st.sampled_from(["png", "jpeg"]),
+        st.integers(1, 65_535) | st.just(60_000),
+        st.integers(1, 65_535) | st.just(60_000),
+    ),
+)
+
 CONTROL = st.fixed_dictionaries(
     {"type": st.sampled_from(["reset", "stop", "ping", "start", "matte", "", "STOP"])},
     optional={"id": JSON_VALUES, "session": JSON_VALUES},
@@ -85,23 +150,28 @@ TEXT = st.one_of(
 )
 
 
+Message = str | bytes | int | Hostile
+
+
 @st.composite
-def conversation(draw: st.DrawFn) -> tuple[str | None, list[str | bytes | int]]:
+def conversation(draw: st.DrawFn) -> tuple[str | None, list[Message]]:
     """A `?session=` value (or None) and the messages to send. Binary frames are random bytes,
     random JPEG-ish prefixes, exactly width*height*3 bytes of a sound rgb24 start, or (an int)
-    that many zero bytes, up to twice the message limit."""
+    that many zero bytes, up to twice the message limit; `Hostile` ones are made when sent.
+    A sound start is rgb24 or PNG (where bomb frames meet the header check)."""
     session = draw(st.none() | st.text(max_size=40))
-    messages: list[str | bytes | int] = []
+    messages: list[Message] = []
     declared: int | None = None
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["start", "text", "bytes", "frame", "big"]))
+        kind = draw(st.sampled_from(["start", "text", "bytes", "frame", "big", "hostile"]))
         if kind == "start" and draw(st.booleans()):
             width, height = draw(st.integers(1, 48)), draw(st.integers(1, 48))
-            sound = {"type": "start", "width": width, "height": height, "input": "rgb24"}
+            fmt = draw(st.sampled_from(["rgb24", "png"]))
+            sound = {"type": "start", "width": width, "height": height, "input": fmt}
             if draw(st.booleans()):
                 sound["downsample_ratio"] = draw(st.floats(1e-3, 1.0))
             messages.append(json.dumps(sound))
-            declared = width * height * 3
+            declared = width * height * 3 if fmt == "rgb24" else None
         elif kind == "start":
             messages.append(json.dumps(draw(start_message())))
         elif kind == "text":
@@ -113,6 +183,8 @@ def conversation(draw: st.DrawFn) -> tuple[str | None, list[str | bytes | int]]:
             messages.append(draw(st.binary(min_size=declared, max_size=declared)))
         elif kind == "big":  # a size: the bytes are made when sent (a short repr on failure)
             messages.append(draw(st.integers(1, 2 * MAX_MESSAGE_BYTES)))
+        elif kind == "hostile":
+            messages.append(draw(HOSTILE))
     return session, messages
 
 
@@ -169,14 +241,21 @@ def check_answers(received: list[str | bytes], close: int | None) -> None:
     assert close is None or close in CLOSE_CODES, f"closed with {close}: {received[-3:]}"
 
 
-def converse(server: RunningServer, session: str | None, messages: list[str | bytes | int]) -> None:
+def wire(message: Message) -> list[str | bytes]:
+    if isinstance(message, Hostile):
+        return message.messages()
+    return [b"\x00" * message if isinstance(message, int) else message]
+
+
+def converse(server: RunningServer, session: str | None, messages: list[Message]) -> None:
     url = server.ws if session is None else f"{server.ws}?session={quote(session, safe='')}"
     received: list[str | bytes] = []
     close: int | None = None
     with connect(url, compression=None, max_size=None, open_timeout=30) as ws:
         try:
             for message in messages:
-                ws.send(b"\x00" * message if isinstance(message, int) else message)
+                for data in wire(message):
+                    ws.send(data)
             # Messages are handled in order: the pong (or the close) ends the exchange.
             ws.send(json.dumps({"type": "ping", "id": "fuzz-end"}))
         except ConnectionClosed:
@@ -231,7 +310,7 @@ def run_fuzz(
 
     @fuzz_settings
     @given(conversation())
-    def talk(case: tuple[str | None, list[str | bytes | int]]) -> None:
+    def talk(case: tuple[str | None, list[Message]]) -> None:
         converse(server, *case)
 
     @fuzz_settings
@@ -253,6 +332,29 @@ def run_fuzz(
     ]
     assert not errors, [r.getMessage() for r in errors][:5]
     assert httpx.get(f"{server.http}/healthz", timeout=30).status_code == 200
+    check_connections_given_back(server)
+
+
+def check_connections_given_back(server: RunningServer) -> None:
+    """Every connection the fuzzer opened was given back: the same client address gets its
+    whole quota (PTQ4VM_MAX_CONNECTIONS_PER_CLIENT) once the detached sessions expired.
+    A counter leaked by any conversation shows here as too_many_connections / at_capacity."""
+    quota = server.settings.max_connections_per_client
+    deadline = time.monotonic() + server.settings.session_ttl_s + 30
+    # Detached sessions (the fuzzer's and the witness's) expire after their TTL.
+    while gauge(server.http, ACTIVE) or gauge(server.http, DETACHED):
+        assert time.monotonic() < deadline, "sessions were left behind"
+        time.sleep(0.1)
+    opened = [
+        connect(server.ws, compression=None, ping_interval=None).__enter__() for _ in range(quota)
+    ]
+    try:
+        for i, ws in enumerate(opened):
+            ws.send(json.dumps({"type": "ping", "id": i}))
+            assert json.loads(ws.recv(timeout=30)) == {"type": "pong", "id": i}
+    finally:
+        for ws in opened:
+            ws.close()
 
 
 def test_websocket_fuzz_quick(

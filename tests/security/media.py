@@ -64,3 +64,13 @@ def playlist_naming(target: str) -> bytes:
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n"
         f"{target}\n#EXT-X-ENDLIST\n"
     ).encode()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height (up to 2**31 - 1 a side) over one row of
+    compressed data: a bomb as its header tells it, a few dozen bytes on the wire."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\x00" * (1 + 3 * min(width, 4096)))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", row) + _chunk(b"IEND", b"")
+    )
