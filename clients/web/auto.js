@@ -1,7 +1,8 @@
 // "auto": the tab mattes when it sustains the chosen frame rate, else the server does.
 // A warm-up measures the tab at the server's downsample ratio (its first frame, which compiles
-// the graph, not counted); too slow there, it measures once more at half that ratio (the tab
-// may run a lower ratio than the server when that keeps it real time; the page shows it);
+// the graph, not counted); too slow there but within 4x, it measures once more at half that
+// ratio (the tab may run a lower ratio than the server when that keeps it real time; the page
+// shows it);
 // too slow again, the server takes over. Once settled on the tab, falling below the rate over
 // the last BEHIND_MS hands the stream to the server too.
 
@@ -46,7 +47,9 @@ export class AutoPolicy {
       this.reason = `this tab keeps up (${fps.toFixed(1)} fps at ratio ${this.ratio})`;
       return "tab";
     }
-    if (!this.lowered && this.ratio / 2 >= MIN_RATIO) {
+    // Half the ratio is a quarter of the pixels: at best 4x faster, so try it only when
+    // that could reach the rate.
+    if (!this.lowered && this.ratio / 2 >= MIN_RATIO && 4 * fps >= KEEP_UP * this.target) {
       this.lowered = true;
       this.ratio /= 2;
       this.warmup = { start: null, frames: 0 };
