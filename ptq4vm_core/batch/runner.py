@@ -42,7 +42,7 @@ class BatchError(Exception):
 class RayOptions:
     """Where and how wide a batch runs.
 
-    address: an existing cluster (`ray://...`, `HOST:PORT`, `auto`); None starts a local
+    address: an existing cluster (its GCS `HOST:PORT`, or `auto`); None starts a local
     instance for the run, with `local_cpus` CPUs (default: every core) and a small object
     store (frames never travel through it: actors read and write the shared file system).
     actors: how many (default: the cluster's CPUs / `cpus_per_actor`, at most one a video).

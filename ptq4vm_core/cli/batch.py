@@ -43,7 +43,7 @@ def batch_command(
     ] = None,
     ray_address: Annotated[
         str | None,
-        typer.Option(help="Join this Ray cluster (HOST:PORT, ray://..., auto); default: local."),
+        typer.Option(help="Join this Ray cluster (its HOST:PORT, or auto); default: local."),
     ] = None,
     actors: Annotated[
         int | None, typer.Option(help="Actors (default: the cluster's CPUs / cpus per actor).")
