@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     job_ttl_s: PositiveFloat = 3600.0
     # CPU niceness of the job threads (decoding, encoding), so that sessions come first.
     job_nice: Annotated[int, Field(ge=0, le=19)] = 10
-    # Video jobs on this Ray cluster (HOST:PORT, ray://..., auto) instead of in this process;
+    # Video jobs on this Ray cluster (its GCS HOST:PORT, or auto) instead of in this process;
     # every node mounts `home` at the same path. Needs the `ray` extra (docs/batch.md).
     ray_address: str | None = None
 
