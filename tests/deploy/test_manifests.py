@@ -6,6 +6,7 @@ the project's pins) do."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import subprocess
 import tomllib
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from server.gates import parse_networks
 from tests.deploy.conftest import DEPLOY, REPO
 
 K8S = DEPLOY / "k8s"
@@ -90,6 +92,11 @@ def test_the_objects_fit_together() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["PTQ4VM_BUILD_DEFAULT"] == "false", "replicas must not race to build the default"
     assert int(env["PTQ4VM_THREADS"]) == int(container["resources"]["limits"]["cpu"])
+    # Behind the ingress: the controller's X-Forwarded-For believed (else every client is the
+    # controller, 8 connections in all), browser pages allowed from the Ingress host only.
+    assert parse_networks(env["PTQ4VM_TRUSTED_PROXIES"]), "no trusted proxies"
+    hosts = {r["host"] for (k, _), o in found.items() if k == "Ingress" for r in o["spec"]["rules"]}
+    assert {f"https://{h}" for h in hosts} <= set(env["PTQ4VM_ALLOWED_ORIGINS"].split(","))
 
     services = {name: obj for (kind, name), obj in found.items() if kind == "Service"}
     for service in services.values():
@@ -146,9 +153,19 @@ def test_compose_replicas_are_the_nginx_upstreams() -> None:
     for _, body in upstreams:
         servers = re.findall(r"^\s*server (\S+)", body, re.MULTILINE)
         assert servers == [f"{svc['hostname']}:8000" for svc in replicas.values()]
+    nginx_address = services["nginx"]["networks"]["ptq4vm"]["ipv4_address"]
     for svc in replicas.values():
         assert "ptq4vm-home:/data" in svc["volumes"], "the registry volume is shared"
-        assert svc["environment"]["PTQ4VM_BUILD_DEFAULT"] == "false"
+        env = svc["environment"]
+        assert env["PTQ4VM_BUILD_DEFAULT"] == "false"
+        # nginx's X-Forwarded-For is believed from nginx's address, and the page it serves on
+        # :8080 is an allowed origin (docs/operations.md, "Behind a proxy").
+        proxies = parse_networks(env["PTQ4VM_TRUSTED_PROXIES"])
+        assert any(ipaddress.ip_address(nginx_address) in net for net in proxies)
+        assert "http://localhost:8080" in env["PTQ4VM_ALLOWED_ORIGINS"]
+    for location in re.findall(r"location [^{]*\{(.*?)\n    \}", site, re.DOTALL):
+        assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in location
+        assert "proxy_set_header Host $http_host;" in location
     assert "./nginx/ptq4vm.conf:/etc/nginx/conf.d/default.conf:ro" in services["nginx"]["volumes"]
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.deploy.conftest import DEPLOY
 from tests.net import free_port
@@ -111,6 +112,10 @@ def start_worker(home: Path, log: Path) -> Worker:
         "PTQ4VM_BUILD_DEFAULT": "false",
         "PTQ4VM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
+        # As deploy/compose.yaml configures the replicas: nginx (here on loopback) is the
+        # trusted proxy. Room for every connection test_forwarded_addresses opens on one worker.
+        "PTQ4VM_TRUSTED_PROXIES": "127.0.0.1",
+        "PTQ4VM_MAX_SESSIONS": "32",
     }
     command = [sys.executable, "-m", "ptq4vm_core.cli", "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
@@ -324,3 +329,36 @@ def test_killing_a_worker_moves_only_its_sessions(cluster: Cluster, frames: list
     for message in stopped:
         assert message["type"] == "stopped"
         assert (message["frames"], message["matted"], message["dropped"]) == (3, 3, 0)
+
+
+# Forwarded clients, and connections each: more than PTQ4VM_MAX_CONNECTIONS_PER_CLIENT (8)
+# reach one worker whatever the hash does, so a worker that saw them all as nginx's address
+# would refuse some.
+CLIENTS = 9
+PER_CLIENT = 2
+
+
+def test_forwarded_addresses_and_the_page_origin(cluster: Cluster) -> None:
+    """nginx passes X-Forwarded-For and the Host with its port, as docs/operations.md ("Behind
+    a proxy") requires. Each test client is 127.0.0.1, which the workers trust as nginx is;
+    the addresses it claims stand for clients nginx saw (it appends the real peer, 127.0.0.1,
+    which the worker skips as trusted)."""
+    opened: list[ClientConnection] = []
+    try:
+        for i in range(CLIENTS * PER_CLIENT):
+            forwarded = {"X-Forwarded-For": f"10.0.0.{i % CLIENTS}"}
+            opened.append(
+                connect(cluster.url, compression=None, additional_headers=forwarded).__enter__()
+            )
+        for i, conn in enumerate(opened):
+            conn.send(f'{{"type":"ping","id":{i}}}')
+            answer = conn.recv(timeout=30)
+            assert answer == f'{{"type":"pong","id":{i}}}', answer
+    finally:
+        for conn in opened:
+            conn.close()
+    # The bundled page, loaded from nginx, opens its stream with nginx's origin.
+    origin = {"Origin": f"http://127.0.0.1:{cluster.port}"}
+    with connect(cluster.url, compression=None, additional_headers=origin) as page:
+        page.send('{"type":"ping","id":"page"}')
+        assert page.recv(timeout=30) == '{"type":"pong","id":"page"}'
