@@ -6,14 +6,12 @@ STAMP  := $(VENV)/.installed
 HOST   ?= $(or $(PTQ4VM_HOST),127.0.0.1)
 PORT   ?= $(or $(PTQ4VM_PORT),8000)
 # onnxruntime-web for the browser page's "this tab" mode (DESIGN 4.5): the npm registry's
-# package at this version and tarball hash, its WebAssembly build copied into the static files
-# the server serves (clients/web/vendor/, ignored by git). Bumping the version re-vendors.
-ORT_WEB_VERSION := 1.30.0
-ORT_WEB_SHA512  := ab4cbe26baedba45d2cec05610c71c55fa97db92d19a8b171c5f8269126683ca590a5cdc57bb2f35ce2b298de32f4d956fb42644c0ecd528a0a91e025c07ca61
-ORT_WEB_BUILD   := build/onnxruntime-web
+# package, version and tarball hash pinned in the script, its WebAssembly build copied into the
+# static files the server serves (clients/web/vendor/, ignored by git). A new pin re-vendors.
+ORT_WEB_SCRIPT  := clients/vendor-onnxruntime-web.sh
+ORT_WEB_VERSION := $(shell sed -n 's/^VERSION=//p' $(ORT_WEB_SCRIPT))
 ORT_WEB_DIR     := clients/web/vendor/onnxruntime-web
 ORT_WEB_STAMP   := $(ORT_WEB_DIR)/.version-$(ORT_WEB_VERSION)
-ORT_WEB_FILES   := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
 
 .PHONY: setup serve test test-slow bench lint format clean
 
@@ -26,14 +24,9 @@ $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[images,browser-tests]'
 	touch $(STAMP)
 
-$(ORT_WEB_STAMP):
+$(ORT_WEB_STAMP): $(ORT_WEB_SCRIPT)
 	@command -v npm >/dev/null || { echo "setup: npm missing: cannot vendor onnxruntime-web; the page's tab mode and its browser tests will fail"; exit 0; }; \
-	set -e; rm -rf $(ORT_WEB_BUILD) $(ORT_WEB_DIR); mkdir -p $(ORT_WEB_BUILD) $(ORT_WEB_DIR); \
-	(cd $(ORT_WEB_BUILD) && npm pack --silent onnxruntime-web@$(ORT_WEB_VERSION) >/dev/null); \
-	echo "$(ORT_WEB_SHA512)  $(ORT_WEB_BUILD)/onnxruntime-web-$(ORT_WEB_VERSION).tgz" | sha512sum -c --quiet; \
-	tar -xzf $(ORT_WEB_BUILD)/onnxruntime-web-$(ORT_WEB_VERSION).tgz -C $(ORT_WEB_BUILD); \
-	cp $(addprefix $(ORT_WEB_BUILD)/package/dist/,$(ORT_WEB_FILES)) $(ORT_WEB_BUILD)/package/package.json $(ORT_WEB_DIR)/; \
-	rm -rf $(ORT_WEB_BUILD); touch $@; echo "setup: vendored onnxruntime-web $(ORT_WEB_VERSION) into $(ORT_WEB_DIR)"
+	sh $(ORT_WEB_SCRIPT) $(ORT_WEB_DIR) build/onnxruntime-web
 
 setup: $(STAMP) $(ORT_WEB_STAMP)
 	$(VENV)/bin/ptq4vm fetch --quiet

@@ -183,7 +183,7 @@ def test_images_follow_the_project(name: str) -> None:
     assert 'VOLUME ["/data"]' in text
     # Every path the image copies is in the build context its .dockerignore leaves.
     ignore = (DEPLOY / f"{name}.dockerignore").read_text()
-    for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.MULTILINE):
+    for source in re.findall(r"^COPY (?!--from=)(?:--\S+ )*(.+) \S+$", text, re.MULTILINE):
         for path in source.split():
             assert (REPO / path).exists(), path
             assert f"!{path}" in ignore or f"!{path}/**" in ignore, f"{path} is ignored"
