@@ -107,6 +107,8 @@ class Job:
     finished: float | None = None
     expires: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Set when the job passes PTQ4VM_MAX_JOB_SECONDS, even before its decoder exists.
+    timed_out: threading.Event = field(default_factory=threading.Event, repr=False)
     source: VideoSource | None = field(default=None, repr=False)
 
     @property
@@ -302,7 +304,7 @@ class JobManager:
             state, error = JobState.FAILED, str(exc) or type(exc).__name__
             if job.cancel_requested.is_set():
                 state, error = JobState.CANCELLED, "cancelled"
-            elif time.monotonic() - started >= self.max_job_seconds:
+            elif job.timed_out.is_set() or time.monotonic() - started >= self.max_job_seconds:
                 error = (
                     f"the job ran over its time limit of {self.max_job_seconds:g} s "
                     "(PTQ4VM_MAX_JOB_SECONDS)"
@@ -330,6 +332,8 @@ class JobManager:
                     self._finish(job, state, error)
 
     def _time_out(self, job: Job) -> None:
+        # The flag first: a decoder opened after this reads it (`_check_time`) and stops.
+        job.timed_out.set()
         source = job.source
         if source is not None:
             logger.info("job %s: over PTQ4VM_MAX_JOB_SECONDS, stopping it", job.id)
@@ -352,7 +356,13 @@ class JobManager:
             job.source = source
             if job.cancel_requested.is_set():
                 raise JobCancelledError("cancelled")
+            self._check_time(job)
             self._matte_frames(job, lease, source)
+
+    @staticmethod
+    def _check_time(job: Job) -> None:
+        if job.timed_out.is_set():
+            raise TimeoutError("over PTQ4VM_MAX_JOB_SECONDS")
 
     def _matte_frames(self, job: Job, lease: ModelLease, source: VideoSource) -> None:
         info = source.meta
@@ -390,6 +400,7 @@ class JobManager:
                     assert bg is not None
                     writer.write(composite(fgr, pha, bg))
                 job.frames_done += 1
+                self._check_time(job)
 
     def _infer(
         self,
