@@ -6,6 +6,7 @@
 
 import { SceneCuts } from "./scene.js";
 import { AutoPolicy } from "./auto.js";
+import { exportRecording } from "./recording.js";
 
 const WINDOW = 2;             // frames in flight; the server drops older waiting frames anyway
 const MODES = ["server", "tab", "auto"];
@@ -307,27 +308,7 @@ async function tabLoop(matter) {
 }
 
 // The recording (`?record=N`, tab mode) as base64 RGB and alpha planes, for the parity test.
-state.exportRecording = () => {
-  const rec = state.recording;
-  if (!rec) return null;
-  const b64 = (bytes) => {
-    let text = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) {
-      text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-    }
-    return btoa(text);
-  };
-  return {
-    width: rec.width, height: rec.height,
-    frames: rec.frames.map((f) => {
-      const rgb = new Uint8Array((f.rgba.length / 4) * 3);
-      for (let i = 0, j = 0; j < f.rgba.length; i += 3, j += 4) {
-        rgb[i] = f.rgba[j]; rgb[i + 1] = f.rgba[j + 1]; rgb[i + 2] = f.rgba[j + 2];
-      }
-      return { rgb: b64(rgb), alpha: b64(f.alpha), reset: f.reset, ratio: f.ratio };
-    }),
-  };
-};
+state.exportRecording = () => exportRecording(state.recording);
 
 function drawBackground(frame) {
   const mode = document.querySelector('input[name="background"]:checked').value;
