@@ -59,6 +59,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy ptq4vm_core server tests benchmarks clients
+	@# The layers (STYLE 15, docs/architecture.md): contracts in pyproject.toml [tool.importlinter].
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

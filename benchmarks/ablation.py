@@ -4,8 +4,8 @@ Rows, at each bit width: FP32, MinMax, BRECQ, BRECQ+GAC, BRECQ+GAC+OFA, QDrop, Q
 QDrop+GAC+OFA; and beyond the paper, QDrop+GAC+OFA without the occlusion mask (every pixel's
 flow trusted) to show what the forward-backward check is worth, and with `--mixed BITS` QDrop
 and QDrop+GAC+OFA in mixed precision: the inputs of the four most sensitive layers in float
-(`calibrate.SENSITIVE_INPUTS`, "mixed") and of the three of them that are cheap in float
-(`calibrate.CHEAP_INPUTS`, "mixed, cheap"). All are calibrated on the
+(`model.recipe.SENSITIVE_INPUTS`, "mixed") and of the three of them that are cheap in float
+(`model.recipe.CHEAP_INPUTS`, "mixed, cheap"). All are calibrated on the
 sample clip with one profile; the BIQ artifacts are those of `benchmarks/baselines.py` (built
 here when missing) and the global stage starts from them, so every +GAC row differs from its
 base row by the global stage alone. Scored on the ground-truth evaluation clips with the
@@ -36,13 +36,7 @@ import torch
 
 from ptq4vm_core.artifact import load_artifact, read_manifest, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
-from ptq4vm_core.calib.calibrate import (
-    CHEAP_INPUTS,
-    SENSITIVE_INPUTS,
-    Ptq4vmOptions,
-    calibrate,
-    rvm_policy,
-)
+from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 from ptq4vm_core.calib.data import CalibrationSet, build_calibration_set
 from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
@@ -51,6 +45,7 @@ from ptq4vm_core.evaluate import evaluate_clips
 from ptq4vm_core.io.metrics import METRIC_NAMES
 from ptq4vm_core.model import MattingNetwork, load_rvm_from_onnx
 from ptq4vm_core.model.flops import conv_macs, effective_gflops
+from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, rvm_policy
 from ptq4vm_core.paths import cache_root
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"

@@ -20,18 +20,18 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.calib.progress import ProgressEvent
+from ptq4vm_core.quant.spec import Bits
 from server.lifeline import exit_with_parent
 
 logger = logging.getLogger(__name__)
 
-Bits = Literal["w8a8", "w4a8", "w4a4"]
 MAX_FRAMES_PER_CLIP = 1000  # as the calibration set's loader: bounds the work per upload
 MAX_HELD_OUT_FRAMES = 60  # per clip: enough for a drift estimate, quick to run
 HELD_OUT_MAX_SIDE = 512  # held-out frames are fitted to this, the resolution of service

@@ -12,19 +12,34 @@ under its own state-dict key, as is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import nn
 
-from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.model.recipe import MODEL_NAME, MODELS, known_models
 from ptq4vm_core.quant.site import ActivationSite
 from ptq4vm_core.quant.spec import QuantPolicy
 
-MODEL_NAME = "rvm_mobilenetv3"
-MODELS: dict[str, Callable[[], nn.Module]] = {MODEL_NAME: MattingNetwork}
+# The models an artifact may name are the model package's (`MODELS`); re-exported here.
+__all__ = [
+    "ACT_SCALE",
+    "ACT_ZERO_POINT",
+    "BIAS",
+    "MODELS",
+    "MODEL_NAME",
+    "WEIGHT_Q",
+    "WEIGHT_SCALE",
+    "WEIGHT_ZERO_POINT",
+    "Architecture",
+    "ConvShape",
+    "architecture",
+    "dtype_name",
+    "known_models",
+    "layer_tensor_names",
+    "site_tensor_names",
+]
 
 WEIGHT_Q = "weight_q"
 WEIGHT_SCALE = "weight_scale"
@@ -74,10 +89,6 @@ class Architecture:
 def dtype_name(dtype: torch.dtype) -> str:
     """torch.float32 -> "float32"."""
     return str(dtype).removeprefix("torch.")
-
-
-def known_models() -> list[str]:
-    return sorted(MODELS)
 
 
 @cache

@@ -38,7 +38,7 @@ from pydantic import (
 from ptq4vm_core.artifact.errors import ArtifactError
 from ptq4vm_core.artifact.files import replace_file
 from ptq4vm_core.artifact.packing import Storage, storage_for
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.quant.method import Method, Profile
 from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)

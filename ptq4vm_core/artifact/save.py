@@ -15,10 +15,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import safetensors.torch
 import torch
@@ -58,9 +59,8 @@ from ptq4vm_core.artifact.manifest import (
 )
 from ptq4vm_core.artifact.packing import encode_weight, storage_for
 from ptq4vm_core.assets import RVM_WEIGHTS
-from ptq4vm_core.calib.calibrate import CalibrationResult
-from ptq4vm_core.calib.data import CalibrationSet
 from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.quant.method import Method, Profile
 from ptq4vm_core.quant.model import quant_layers
 from ptq4vm_core.quant.modules import QuantConv2d
 from ptq4vm_core.quant.quantizer import UniformQuantizer
@@ -68,6 +68,49 @@ from ptq4vm_core.quant.site import QuantActivation
 from ptq4vm_core.quant.spec import QuantPolicy
 
 logger = logging.getLogger(__name__)
+
+
+class ClosureLoss(Protocol):
+    """One closure's reconstruction loss before and after optimisation."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def layers(self) -> int: ...
+    @property
+    def loss_start(self) -> float: ...
+    @property
+    def loss_end(self) -> float: ...
+
+
+class Calibrated(Protocol):
+    """What an artifact stores of a calibration: the quantized model and its policy, how it
+    was made, what it cost. `ptq4vm_core.calib.calibrate.CalibrationResult` is one; the
+    artifact format does not import calibration (it sits below it)."""
+
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def policy(self) -> QuantPolicy: ...
+    @property
+    def method(self) -> Method: ...
+    @property
+    def bits(self) -> str: ...
+    @property
+    def profile(self) -> Profile: ...
+    @property
+    def reports(self) -> Sequence[ClosureLoss]: ...
+    @property
+    def seconds(self) -> Mapping[str, float]: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+
+class CalibrationData(Protocol):
+    """The calibration data as the manifest records it (`Provenance`'s fields)."""
+
+    def provenance(self) -> dict[str, object]: ...
+
 
 _PLACEHOLDER_SHA256 = "0" * 64
 
@@ -251,8 +294,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _manifest(
-    result: CalibrationResult,
-    data: CalibrationSet,
+    result: Calibrated,
+    data: CalibrationData,
     collected: Collected,
     version_name: str,
     created: datetime,
@@ -296,8 +339,8 @@ def _manifest(
 
 
 def save_artifact(
-    result: CalibrationResult,
-    data: CalibrationSet,
+    result: Calibrated,
+    data: CalibrationData,
     out: Path,
     *,
     name: str | None = None,

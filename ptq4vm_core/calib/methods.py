@@ -1,4 +1,8 @@
-"""Calibration methods and profiles, as data."""
+"""Calibration methods and profiles, as data.
+
+`Method` and `Profile` are named in `ptq4vm_core.quant.method` (the artifact records them
+and must not import calibration); they are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,16 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from ptq4vm_core.quant.method import Method, Profile
 
-class Method(StrEnum):
-    MINMAX = "minmax"  # ranges from min/max, round to nearest, no optimisation
-    BRECQ = "brecq"  # block reconstruction: AdaRound + activation step sizes
-    QDROP = "qdrop"  # BRECQ with activation quantization randomly dropped (p = 0.5)
-    PTQ4VM = "ptq4vm"  # BIQ (QDrop-style by default) + GAC + OFA
+__all__ = [
+    "PROFILES",
+    "Base",
+    "Method",
+    "Profile",
+    "ProfileConfig",
+    "ReconstructionConfig",
+]
 
 
 class Base(StrEnum):
@@ -19,12 +27,6 @@ class Base(StrEnum):
 
     BRECQ = "brecq"
     QDROP = "qdrop"
-
-
-class Profile(StrEnum):
-    FAST = "fast"  # tests and smoke runs
-    STANDARD = "standard"  # CPU default
-    PAPER = "paper"  # the paper's 20k iterations per block, for a GPU
 
 
 @dataclass(frozen=True)

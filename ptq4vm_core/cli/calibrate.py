@@ -7,15 +7,20 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ptq4vm_core.artifact import save_artifact
 from ptq4vm_core.assets import weights_path
+from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
 from ptq4vm_core.calib.progress import ProgressEvent
 from ptq4vm_core.cli.common import console, user_errors
 from ptq4vm_core.model import load_rvm_from_onnx
+from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, rvm_policy
+from ptq4vm_core.quant.spec import Bits
 
-BITS = ("w8a8", "w4a8", "w4a4")
+BITS = tuple(b.value for b in Bits)
 
 
 def calibrate_command(
@@ -46,17 +51,6 @@ def calibrate_command(
     ] = "",
 ) -> None:
     """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ptq4vm_core.artifact import save_artifact
-    from ptq4vm_core.calib.calibrate import (
-        CHEAP_INPUTS,
-        SENSITIVE_INPUTS,
-        Ptq4vmOptions,
-        calibrate,
-        rvm_policy,
-    )
-
     with user_errors():
         # DESIGN 4.2 spells `--clips PATH [PATH ...]`; click options take one value, so the
         # paths after the first arrive as extra arguments.

@@ -1,7 +1,14 @@
-"""The `ptq4vm` command."""
+"""The `ptq4vm` command.
+
+The core's subcommands are registered here; a package above the core adds its own through the
+entry point group `ptq4vm.commands` (name = subcommand, value = the typer command function):
+the server's `serve` (pyproject.toml) and the Python client's `stream`
+(clients/python/pyproject.toml). The core never imports those packages.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
@@ -13,8 +20,8 @@ from ptq4vm_core.cli.common import setup_logging
 from ptq4vm_core.cli.evaluate import eval_command
 from ptq4vm_core.cli.fetch import fetch_command
 from ptq4vm_core.cli.matte import matte_command
-from ptq4vm_core.cli.serve import serve_command
-from ptq4vm_core.cli.stream import stream_command
+
+COMMANDS_GROUP = "ptq4vm.commands"
 
 app = typer.Typer(
     name="ptq4vm",
@@ -39,9 +46,8 @@ app.command("eval")(eval_command)
 app.command("bench")(bench_command)
 app.command("calibrate", context_settings={"allow_extra_args": True})(calibrate_command)
 
-
-app.command("serve")(serve_command)
-app.command("stream")(stream_command)
+for _entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+    app.command(_entry.name)(_entry.load())
 
 
 def main() -> None:

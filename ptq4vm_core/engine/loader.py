@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ptq4vm_core.artifact import load_artifact, verify_artifact
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
+from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, openvino_available
 from ptq4vm_core.engine.ort_engine import OrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
+from ptq4vm_core.model import load_rvm_from_onnx
 from ptq4vm_core.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -48,8 +52,6 @@ def load_engine(
         if runtime is EngineKind.ORT:
             return OrtEngine(weights_path(root), name="ort-fp32")
         if runtime is EngineKind.TORCH:
-            from ptq4vm_core.model import load_rvm_from_onnx
-
             return TorchEngine(load_rvm_from_onnx(weights_path(root)))
         raise ValueError(
             f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort, openvino "
@@ -62,10 +64,6 @@ def load_engine(
             "deployed int8 engine), ort, openvino or sim (the PyTorch simulation)"
         )
     if runtime in (EngineKind.ORT, EngineKind.OPENVINO):
-        from ptq4vm_core.artifact import verify_artifact
-        from ptq4vm_core.engine.cache import cached_export
-        from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
-
         verify_artifact(path)  # refuse a tampered artifact before using any cached export
         if runtime is EngineKind.ORT:
             return QuantizedOrtEngine(path, root=root)
@@ -76,8 +74,6 @@ def load_engine(
             name=f"openvino-int8-{bits}",
             root=root,
         )
-    from ptq4vm_core.artifact import load_artifact
-
     artifact = load_artifact(path)
     return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
 

@@ -20,11 +20,12 @@ from ptq4vm_core.quant.model import (
 )
 from ptq4vm_core.quant.modules import QuantConv2d
 from ptq4vm_core.quant.quantizer import UniformQuantizer
-from ptq4vm_core.quant.spec import LayerPolicy, QuantPolicy, QuantSpec, parse_bits
+from ptq4vm_core.quant.spec import Bits, LayerPolicy, QuantPolicy, QuantSpec, parse_bits
 
 __all__ = [
     "ActivationObserver",
     "AdaRoundQuantizer",
+    "Bits",
     "LayerPolicy",
     "QuantConv2d",
     "QuantMode",

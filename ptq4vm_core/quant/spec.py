@@ -14,11 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 MIN_BITS = 2
 MAX_BITS = 8
-SUPPORTED_BIT_CONFIGS = ("w8a8", "w4a8", "w4a4")
+
+
+class Bits(StrEnum):
+    """The bit configurations a model is calibrated at: weight and activation bits. The one
+    spelling of them (CLI, admin API, calibration worker, manifests)."""
+
+    W8A8 = "w8a8"
+    W4A8 = "w4a8"
+    W4A4 = "w4a4"
+
+
+SUPPORTED_BIT_CONFIGS = tuple(b.value for b in Bits)
 
 
 def _require_keys(data: Mapping[str, Any], keys: set[str], what: str) -> None:

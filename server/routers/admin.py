@@ -11,12 +11,13 @@ import asyncio
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, UploadFile
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.quant.spec import Bits
 from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
 from server.decoder import probe_upload
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
@@ -95,7 +96,7 @@ async def _store(upload: UploadFile, target: Path, what: str, settings: Settings
 )
 async def create_calibration(
     clips: Annotated[list[UploadFile], File(description="Videos PyAV can decode.")],
-    bits: Annotated[Literal["w8a8", "w4a8", "w4a4"], Form()],
+    bits: Annotated[Bits, Form()],
     calibrations: CalibrationsDep,
     settings: SettingsDep,
     alphas: Annotated[
@@ -132,7 +133,7 @@ async def create_calibration(
             rows.append(row)
         job = Calibration(
             id=job_id,
-            bits=bits,
+            bits=bits.value,
             method=method.value,
             profile=profile.value,
             activate=activate,

@@ -10,13 +10,14 @@ from typer.testing import CliRunner
 
 from ptq4vm_core.artifact import load_artifact, read_manifest
 from ptq4vm_core.assets import SAMPLE_CLIP
-from ptq4vm_core.calib.calibrate import CHEAP_INPUTS, SENSITIVE_INPUTS, calibrate
+from ptq4vm_core.calib.calibrate import calibrate
 from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import load_engine
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import activation_layers, quant_layers
 

@@ -9,11 +9,11 @@ import pytest
 
 from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.artifact.verify import verify
-from ptq4vm_core.calib.calibrate import SENSITIVE_INPUTS, rvm_policy
 from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.model import MattingNetwork
+from ptq4vm_core.model.recipe import SENSITIVE_INPUTS, rvm_policy
 from ptq4vm_core.quant.model import quant_layers
 from tests.engine.conftest import tiny_artifact
 from tests.engine.test_int8_engine import alpha_diffs, check_parity

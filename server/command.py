@@ -1,14 +1,21 @@
-"""`ptq4vm serve`: the matting service (WebSocket streaming, REST, registry) under uvicorn."""
+"""`ptq4vm serve`: the matting service (WebSocket streaming, REST, registry) under uvicorn.
+
+Registered with the `ptq4vm` command by this package (entry point group `ptq4vm.commands` in
+pyproject.toml): the core's CLI finds it there and never imports the server.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from ptq4vm_core.cli.common import console, user_errors
 from ptq4vm_core.engine import FP32, EngineKind
 from ptq4vm_core.engine.loader import resolve_artifact
+from server.main import run
+from server.settings import Settings
 
 
 def serve_command(
@@ -30,12 +37,6 @@ def serve_command(
     ] = None,
 ) -> None:
     """Run the matting service on HOST:PORT. Every PTQ4VM_* setting is in docs/server.md."""
-    # The server package depends on ptq4vm_core, never the reverse: import it only here.
-    from pydantic import ValidationError
-
-    from server.main import run
-    from server.settings import Settings
-
     with user_errors():
         overrides: dict[str, Any] = {"host": host, "port": port, "model": model, "engine": engine}
         try:

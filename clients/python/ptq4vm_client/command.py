@@ -1,9 +1,13 @@
 """`ptq4vm stream`: send a video or frame directory to a running server over `/v1/stream`.
 
-Uses the Python client (`clients/python`, package `ptq4vm_client`), imported when the command
-runs so that the rest of the CLI works without it. Prints achieved fps, latency percentiles and
-drops at the end; with `--alpha-out` writes one alpha frame per input frame (a frame the server
-dropped gets the previous matte, as a real-time consumer would show).
+Prints achieved fps, latency percentiles and drops at the end; with `--alpha-out` writes one
+alpha frame per input frame (a frame the server dropped gets the previous matte, as a real-time
+consumer would show).
+
+This package registers the command with `ptq4vm` (entry point group `ptq4vm.commands` in
+clients/python/pyproject.toml), so the core's CLI never imports the client. It is the one module
+of the client that uses the core (frame reading and writing, the CLI's console): it is loaded only
+by `ptq4vm`, and the library itself stands alone.
 """
 
 from __future__ import annotations
@@ -14,16 +18,15 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import typer
 
+from ptq4vm_client.aio_stream import AsyncStream
+from ptq4vm_client.errors import FrameError, MattesLostError, Ptq4vmError, StreamEndedError
 from ptq4vm_core.cli.common import console, progress_bar, user_errors
 from ptq4vm_core.io.video import FrameWriter, iter_frames, open_writer, probe
-
-if TYPE_CHECKING:
-    from ptq4vm_client import AsyncStream
 
 FrameFormat = Literal["png", "jpeg", "rgb24"]
 
@@ -57,20 +60,11 @@ def stream_command(
     ] = "png",
 ) -> None:
     """Stream INPUT to a server and report fps, latency p50/p99 and drops."""
-    try:
-        import ptq4vm_client
-    except ImportError:
-        console.print(
-            "[bold red]error:[/] `ptq4vm stream` needs the Python client: "
-            "pip install -e clients/python (done by `make setup`)",
-            highlight=False,
-        )
-        raise typer.Exit(2) from None
     with user_errors():
         if frame_format not in ("png", "jpeg", "rgb24"):
             raise ValueError(f"--frame-format must be png, jpeg or rgb24, got {frame_format!r}")
         info = probe(input)
-        stream = ptq4vm_client.AsyncStream(
+        stream = AsyncStream(
             url,
             width=info.width,
             height=info.height,
@@ -93,7 +87,7 @@ def stream_command(
                 outcome = asyncio.run(
                     _stream(stream, input, writer, lambda: progress.advance(task))
                 )
-            except ptq4vm_client.Ptq4vmError as exc:
+            except Ptq4vmError as exc:
                 console.print(f"[bold red]error:[/] {exc}", highlight=False)
                 raise typer.Exit(1) from None
     typer.echo(_summary(outcome))
@@ -103,8 +97,6 @@ async def _stream(
     stream: AsyncStream, input: Path, writer: FrameWriter | None, advance: Callable[[], None]
 ) -> _Outcome:
     """Sends every frame (encoded in a worker thread) while the mattes are read and written."""
-    from ptq4vm_client import FrameError, MattesLostError, StreamEndedError
-
     outcome = _Outcome()
     frames = iter_frames(input)
     started = time.monotonic()
