@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptq4vm_core.engine.base import Engine
+from ptq4vm_core.io.compose import to_uint8
 from ptq4vm_core.io.metrics import METRIC_NAMES, SequenceMetrics
 from ptq4vm_core.io.video import VideoReadError, iter_frames, probe, read_alpha_frames
 from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
@@ -64,11 +65,11 @@ def evaluate_clip(
                 f"{pred.shape[1]}x{pred.shape[0]}"
             )
         # Scored on 8-bit alpha, as RVM scores the PNGs a model writes.
-        pred8 = (pred * 255.0 + 0.5).clip(0, 255).astype("uint8")
+        pred8 = to_uint8(pred)
         scores.update(pred8, truth)
         if ref_frames is not None:
             ref = next(ref_frames)
-            drift.update(pred8, (ref.pha[0] * 255.0 + 0.5).clip(0, 255).astype("uint8"))
+            drift.update(pred8, to_uint8(ref.pha[0]))
         count += 1
         if on_frame is not None:
             on_frame(count)

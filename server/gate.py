@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ptq4vm_core.engine import FP32, Engine
+from ptq4vm_core.io.compose import to_uint8
 from ptq4vm_core.io.metrics import SequenceMetrics
 from ptq4vm_core.io.video import iter_frames, probe
 from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
@@ -47,7 +48,7 @@ class GateReport:
 
 
 def _alpha8(pha: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    return np.asarray((pha[0] * 255.0 + 0.5).clip(0, 255), dtype=np.uint8)
+    return to_uint8(np.asarray(pha[0]))
 
 
 def mad_vs_reference(engine: Engine, reference: Engine, clips: list[Path]) -> tuple[float, int]:

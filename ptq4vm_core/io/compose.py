@@ -37,6 +37,9 @@ def to_uint8(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
 
     Values are scaled by 255, rounded to nearest (ties to even) and clipped, so
     slight model overshoot saturates instead of wrapping. NaN becomes 0.
+    This is the project's one float-to-8-bit conversion: served mattes, written files,
+    `ptq4vm eval` and the server's calibration gate all use it, so every score is computed
+    on the bytes a user receives.
 
     Raises:
         ValueError: ``x`` is not a floating-point array.
