@@ -23,6 +23,7 @@ from ptq4vm_core.engine.export import (
     EXPORT_VERSION,
     FULL_RESOLUTION,
     GENERAL,
+    GRAPH_FILES,
     REPORT,
     ExportedGraphs,
     RangeCalibration,
@@ -84,7 +85,7 @@ def _read_report(directory: Path) -> dict[str, object] | None:
         report = json.loads((directory / REPORT).read_text())
     except (OSError, ValueError):
         return None
-    complete = all((directory / name).is_file() for name in (GENERAL, FULL_RESOLUTION))
+    complete = all((directory / name).is_file() for name in GRAPH_FILES)
     if not complete or not isinstance(report, dict):
         return None
     if report.get("export_version") != EXPORT_VERSION:

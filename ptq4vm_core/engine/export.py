@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -44,16 +44,21 @@ from ptq4vm_core.artifact.layout import MODEL_NAME, architecture
 from ptq4vm_core.artifact.manifest import TENSORS_FILE
 from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.assets import RVM_WEIGHTS, sample_clip_path, weights_path
-from ptq4vm_core.engine import qdq, rvm_graph
+from ptq4vm_core.engine import openvino_graph, qdq, rvm_graph
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.io.video import iter_frames
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graph changes for the same artifact
+EXPORT_VERSION = 2  # bump when the exported graph changes for the same artifact
 GENERAL = "rvm-int8.onnx"
 FULL_RESOLUTION = "rvm-int8-ds1.onnx"
+# The same quantized function in the form OpenVINO runs fastest (`openvino_graph`).
+OPENVINO_GENERAL = "rvm-int8-openvino.onnx"
+OPENVINO_FULL_RESOLUTION = "rvm-int8-openvino-ds1.onnx"
+GRAPH_FILES = (GENERAL, FULL_RESOLUTION, OPENVINO_GENERAL, OPENVINO_FULL_RESOLUTION)
+Runtime = Literal["ort", "openvino"]
 REPORT = "export.json"
 STATE_ZERO = np.zeros((1, 1, 1, 1), np.float32)
 
@@ -68,27 +73,40 @@ class RangeCalibration:
 
 @dataclass(frozen=True)
 class ExportedGraphs:
-    """An export: the general graph, the ratio-1 graph and the export report (JSON object)."""
+    """An export: the general graph, the ratio-1 graph (ONNX Runtime's form), the same two in
+    OpenVINO's form, and the export report (JSON object)."""
 
     directory: Path
     general: Path
     full_resolution: Path
     report: dict[str, Any]
 
+    @property
+    def openvino_general(self) -> Path:
+        return self.directory / OPENVINO_GENERAL
+
+    @property
+    def openvino_full_resolution(self) -> Path:
+        return self.directory / OPENVINO_FULL_RESOLUTION
+
 
 def rewritten_graph(
-    *, full_resolution: bool = False, root: Path | None = None
+    *, full_resolution: bool = False, root: Path | None = None, runtime: Runtime = "ort"
 ) -> tuple[GraphEditor, dict[str, rvm_graph.ConvSite]]:
-    """The published FP32 graph after the `rvm_graph` rewrites (still float), and its convs."""
+    """The published FP32 graph after the `rvm_graph` rewrites (still float), and its convs.
+    `runtime`: ONNX Runtime's form (box filters merged, concat convs padded to 4-channel
+    multiples) or OpenVINO's (neither; the tail's upsampling merged; see `openvino_graph`)."""
     editor = GraphEditor(rvm_graph.prepare(onnx.load(str(weights_path(root)))))
     sites = rvm_graph.conv_sites(editor, list(architecture(MODEL_NAME).convs))
     rvm_graph.drop_identity_split_concat(editor)
-    rvm_graph.merge_box_filters(editor, sites)
-    rvm_graph.split_refiner_output(editor)
+    if runtime == "ort":
+        rvm_graph.merge_box_filters(editor, sites)
+    rvm_graph.split_refiner_output(editor, merged_upsampling=runtime == "openvino")
     if full_resolution:
         rvm_graph.specialise_full_resolution(editor)
-    for site in sites.values():
-        rvm_graph.pad_concat_conv(editor, site)
+    if runtime == "ort":
+        for site in sites.values():
+            rvm_graph.pad_concat_conv(editor, site)
     return editor, sites
 
 
@@ -98,6 +116,7 @@ def build_graph(
     full_resolution: bool = False,
     ranges: dict[str, tuple[float, float]] | None = None,
     root: Path | None = None,
+    runtime: Runtime = "ort",
 ) -> tuple[onnx.ModelProto, list[qdq.OutputPoint]]:
     """The QDQ graph of a verified artifact and its output points. Without `ranges` the
     points stay float (the graph then computes what the simulation does, on float kernels);
@@ -110,12 +129,15 @@ def build_graph(
             f"the artifact was calibrated from weights {manifest.base_weights_sha256[:12]}..., "
             f"this exporter builds on the published RVM graph {RVM_WEIGHTS.sha256[:12]}..."
         )
-    editor, sites = rewritten_graph(full_resolution=full_resolution, root=root)
+    editor, sites = rewritten_graph(full_resolution=full_resolution, root=root, runtime=runtime)
     ordered = list(sites.values())
     qdq.quantize_convs(editor, ordered, verified)
     points = qdq.output_points(editor, ordered, verified)
     if ranges is not None:
         qdq.requantize_outputs(editor, points, ranges)
+    if runtime == "openvino":
+        openvino_graph.split_concat_convs(editor, ratio=1.0 if full_resolution else 0.5)
+        openvino_graph.hard_sigmoid_as_clip(editor)
     model = editor.to_model()
     model.producer_name = "ptq4vm"
     helper.set_model_props(
@@ -126,6 +148,7 @@ def build_graph(
             "ptq4vm.tensors_sha256": manifest.files[TENSORS_FILE],
             "ptq4vm.export_version": str(EXPORT_VERSION),
             "ptq4vm.full_resolution": str(full_resolution).lower(),
+            "ptq4vm.runtime": runtime,
         },
     )
     onnx.checker.check_model(model)
@@ -181,6 +204,14 @@ def export_artifact(
     ranges = observe_ranges(float_points, points, calibration, root)
     general, _ = build_graph(verified, ranges=ranges, root=root)
     full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root)
+    # OpenVINO's form has the same conv outputs (names included) but for the box filters,
+    # which keep float outputs in both; its points are observed on its own float graph.
+    ov_float, ov_points = build_graph(verified, root=root, runtime="openvino")
+    ov_ranges = observe_ranges(ov_float, ov_points, calibration, root)
+    ov_general, _ = build_graph(verified, ranges=ov_ranges, root=root, runtime="openvino")
+    ov_full, _ = build_graph(
+        verified, full_resolution=True, ranges=ov_ranges, root=root, runtime="openvino"
+    )
     manifest = verified.manifest
     report = {
         "export_version": EXPORT_VERSION,
@@ -191,6 +222,7 @@ def export_artifact(
         "opset": rvm_graph.OPSET,
         "calibration": {"clip": "sample", "frames": calibration.frames, "ratio": 1.0},
         "float_output_layers": qdq.FLOAT_OUTPUT_LAYERS,
+        "openvino_output_grids": len(ov_points),
         "output_grids": {
             p.tensor: {"layer": p.layer, "min": ranges[p.tensor][0], "max": ranges[p.tensor][1]}
             for p in points
@@ -203,6 +235,8 @@ def export_artifact(
     try:
         _write(tmp / GENERAL, general.SerializeToString())
         _write(tmp / FULL_RESOLUTION, full.SerializeToString())
+        _write(tmp / OPENVINO_GENERAL, ov_general.SerializeToString())
+        _write(tmp / OPENVINO_FULL_RESOLUTION, ov_full.SerializeToString())
         _write(tmp / REPORT, (json.dumps(report, indent=2) + "\n").encode())
         os.replace(tmp, out_dir)
     except BaseException:

@@ -70,7 +70,7 @@ def load_engine(
         graphs = cached_export(path, root=root)
         bits = graphs.report["bits"]
         return OpenVinoEngine(
-            {True: graphs.full_resolution, False: graphs.general},
+            {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
             name=f"openvino-int8-{bits}",
             root=root,
         )

@@ -177,20 +177,19 @@ def _refiner_tail(editor: GraphEditor) -> RefinerTail:
     return RefinerTail(resize_a, resize_b, mean, clip_fgr, clip_pha, (mul, add_b, split, add_src))
 
 
-def split_refiner_output(editor: GraphEditor) -> None:
+def split_refiner_output(editor: GraphEditor, *, merged_upsampling: bool = False) -> None:
     """fgr = clip(up(A3 + 1) * src + up(b3)), pha = clip(up(Aa) * mean + up(ba)): the same
-    function without full-resolution concat, split and residual add."""
+    function without full-resolution concat, split and residual add.
+
+    `merged_upsampling`: A and b are upsampled as one 8-channel tensor and sliced at full
+    resolution (for OpenVINO, whose channels-last bilinear resize wastes most of a vector on 1
+    or 3 channels); otherwise each of the four paths has its own resize (for ONNX Runtime)."""
     tail = _refiner_tail(editor)
     a_low, b_low = tail.resize_a.input[0], tail.resize_b.input[0]
     one_rgb = editor.add_initializer("fgr_residual_one", np.array([1, 1, 1, 0], np.float32))
     shape = editor.add_initializer("one_shape", np.array([1, 4, 1, 1], np.int64))
     ones = editor.add_node("Reshape", [one_rgb, shape])
     a_fgr = editor.add_node("Add", [a_low, ones.output[0]])
-    sizes = editor.add_initializer("rgb_alpha", np.array([3, 1], np.int64))
-    a3, aa = editor.add_node("Split", [a_fgr.output[0], sizes], [editor.unique("a3"),
-                             editor.unique("aa")], axis=1).output  # fmt: skip
-    b3, ba = editor.add_node("Split", [b_low, sizes], [editor.unique("b3"),
-                             editor.unique("ba")], axis=1).output  # fmt: skip
 
     def const(base: str, values: list[int]) -> str:
         return editor.add_initializer(base, np.array(values, np.int64))
@@ -198,6 +197,15 @@ def split_refiner_output(editor: GraphEditor) -> None:
     # The published resizes take `sizes` = [N, 4, H, W]; each path needs its own channel count.
     sizes_in = tail.resize_a.input[3]
     hw = editor.add_node("Slice", [sizes_in, const("hw_start", [2]), const("hw_end", [4])])
+    if merged_upsampling:
+        a3, aa, b3, ba = _upsample_merged(editor, tail, a_fgr.output[0], b_low, hw.output[0])
+        _finish_tail(editor, tail, a3, aa, b3, ba)
+        return
+    sizes = editor.add_initializer("rgb_alpha", np.array([3, 1], np.int64))
+    a3, aa = editor.add_node("Split", [a_fgr.output[0], sizes], [editor.unique("a3"),
+                             editor.unique("aa")], axis=1).output  # fmt: skip
+    b3, ba = editor.add_node("Split", [b_low, sizes], [editor.unique("b3"),
+                             editor.unique("ba")], axis=1).output  # fmt: skip
 
     def upsample(x: str, like: onnx.NodeProto) -> str:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in like.attribute}
@@ -208,10 +216,46 @@ def split_refiner_output(editor: GraphEditor) -> None:
         resize = editor.add_node("Resize", [x, *like.input[1:3], sizes.output[0]], **attrs)
         return str(resize.output[0])
 
-    fgr = editor.add_node("Mul", [upsample(a3, tail.resize_a), "src"])
-    fgr = editor.add_node("Add", [fgr.output[0], upsample(b3, tail.resize_b)])
-    pha = editor.add_node("Mul", [upsample(aa, tail.resize_a), tail.mean])
-    pha = editor.add_node("Add", [pha.output[0], upsample(ba, tail.resize_b)])
+    _finish_tail(
+        editor,
+        tail,
+        upsample(a3, tail.resize_a),
+        upsample(aa, tail.resize_a),
+        upsample(b3, tail.resize_b),
+        upsample(ba, tail.resize_b),
+    )
+
+
+def _upsample_merged(
+    editor: GraphEditor, tail: RefinerTail, a_low: str, b_low: str, hw: str
+) -> tuple[str, str, str, str]:
+    """One resize of Concat(A + [1,1,1,0], b) (8 channels) to full size, sliced into the
+    foreground and alpha coefficients."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in tail.resize_a.attribute}
+    both = editor.add_node("Concat", [a_low, b_low], axis=1)
+    shape = editor.add_node("Shape", [both.output[0]])
+    n = editor.add_initializer("n_start", np.array([0], np.int64))
+    nc = editor.add_node("Slice", [shape.output[0], n, editor.add_initializer("nc_end",
+                         np.array([2], np.int64))])  # fmt: skip
+    sizes = editor.add_node("Concat", [nc.output[0], hw], axis=0)
+    up = editor.add_node("Resize", [both.output[0], *tail.resize_a.input[1:3], sizes.output[0]],
+                         **attrs)  # fmt: skip
+    axis = editor.add_initializer("channel_axis", np.array([1], np.int64))
+    out = []
+    for start, end in ((0, 3), (3, 4), (4, 7), (7, 8)):
+        lo = editor.add_initializer("up_start", np.array([start], np.int64))
+        hi = editor.add_initializer("up_end", np.array([end], np.int64))
+        out.append(str(editor.add_node("Slice", [up.output[0], lo, hi, axis]).output[0]))
+    return out[0], out[1], out[2], out[3]
+
+
+def _finish_tail(
+    editor: GraphEditor, tail: RefinerTail, a3_up: str, aa_up: str, b3_up: str, ba_up: str
+) -> None:
+    fgr = editor.add_node("Mul", [a3_up, "src"])
+    fgr = editor.add_node("Add", [fgr.output[0], b3_up])
+    pha = editor.add_node("Mul", [aa_up, tail.mean])
+    pha = editor.add_node("Add", [pha.output[0], ba_up])
     tail.clip_fgr.input[0] = fgr.output[0]
     tail.clip_pha.input[0] = pha.output[0]
     for node in (*tail.removed, tail.resize_a, tail.resize_b):

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from ptq4vm_core.engine import EngineKind, load_engine, openvino_engine
@@ -31,7 +32,7 @@ def fp32_openvino(weights: Path, cache_dir: Path) -> OpenVinoEngine:
 def int8_openvino(artifact: Path, engine_cache: Path, cache_dir: Path) -> OpenVinoEngine:
     graphs = cached_export(artifact, cache=engine_cache)
     return OpenVinoEngine(
-        {True: graphs.full_resolution, False: graphs.general},
+        {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
         name="openvino-int8-w8a8",
         cache_dir=cache_dir,
     )
@@ -141,3 +142,41 @@ def test_compiled_models_survive_a_restart(weights_file, tmp_path) -> None:
     assert blobs
     assert start() is True  # a restart loads it instead of compiling
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == blobs
+
+
+def test_openvino_form_has_no_channel_concat_before_a_conv(w8a8_artifact, engine_cache) -> None:
+    graphs = cached_export(w8a8_artifact, cache=engine_cache)
+    for ort_form, ov_form in (
+        (graphs.general, graphs.openvino_general),
+        (graphs.full_resolution, graphs.openvino_full_resolution),
+    ):
+        ort_model, ov_model = onnx.load(str(ort_form)), onnx.load(str(ov_form))
+        assert concat_fed_convs(ort_model) > 0  # the shape the rewrite removes is there ...
+        assert concat_fed_convs(ov_model) == 0  # ... and gone: one int8 conv per input
+        assert not [n for n in ov_model.graph.node if n.op_type == "HardSigmoid"]
+        assert props(ov_model)["ptq4vm.runtime"] == "openvino"
+
+
+def concat_fed_convs(model: onnx.ModelProto) -> int:
+    """Full (group 1) convs whose input is a Concat, directly or through QuantizeLinear/
+    DequantizeLinear (the refiner's box filters are depthwise convs over a concat: kept)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def source(tensor: str) -> onnx.NodeProto | None:
+        node = producer.get(tensor)
+        while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            node = producer.get(node.input[0])
+        return node
+
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == "Conv"
+        and all(a.name != "group" or a.i == 1 for a in n.attribute)
+        and (s := source(n.input[0])) is not None
+        and s.op_type == "Concat"
+    )
+
+
+def props(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
