@@ -45,9 +45,9 @@ def builds_on(home: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "server.lifeline" in cmd and "calibrate" in cmd and str(home) in cmd:
-            if alive(int(entry.name)):
-                found.append(int(entry.name))
+        ours = "server.lifeline" in cmd and "calibrate" in cmd and str(home) in cmd
+        if ours and alive(int(entry.name)):
+            found.append(int(entry.name))
     return found
 
 
