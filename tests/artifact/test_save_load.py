@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -24,9 +25,10 @@ from ptq4vm_core.artifact import (
     update_metrics,
     verify_artifact,
 )
-from ptq4vm_core.assets import RVM_WEIGHTS, sha256_file
+from ptq4vm_core.assets import RVM_WEIGHTS, SAMPLE_CLIP, sha256_file
 from ptq4vm_core.calib.calibrate import CalibrationResult
 from ptq4vm_core.calib.data import CalibrationSet
+from ptq4vm_core.calib.methods import PROFILES, Profile
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.quant.adaround import AdaRoundQuantizer
 from ptq4vm_core.quant.mode import QuantMode
@@ -103,9 +105,7 @@ def test_integer_storage_and_sizes(w8a8_dir: Path, w4a4_dir: Path) -> None:
     assert size4 < 0.6 * size8, (size4, size8)
 
 
-def test_manifest_contents(
-    w8a8: CalibrationResult, calib_data: CalibrationSet, w8a8_dir: Path, sample_clip: Path
-) -> None:
+def test_manifest_contents(w8a8: CalibrationResult, w8a8_dir: Path, sample_clip: Path) -> None:
     manifest = verify_artifact(w8a8_dir)
     raw = json.loads((w8a8_dir / MANIFEST_FILE).read_text())
     assert manifest.raw == raw
@@ -121,11 +121,20 @@ def test_manifest_contents(
     assert manifest.policy == w8a8.policy
     clips = raw["calibration"]["clips"]
     assert [c["sha256"] for c in clips] == [sha256_file(sample_clip)]
-    assert raw["calibration"] == json.loads(json.dumps(calib_data.provenance()))
+    # What conftest asked for: the sample clip (no ground truth), 4 frames as 2 sequences of 2,
+    # fitted to 64 px on the long side (176x144 -> 64x52) and cropped to multiples of 16 (64x48),
+    # MinMax (no reconstruction) on the fast profile.
+    assert raw["calibration"] == {
+        "clips": [{"path": str(sample_clip), "sha256": SAMPLE_CLIP.sha256, "ground_truth": False}],
+        "sequences": 2, "seq_len": 2, "size": [64, 48], "seed": 0,
+    }  # fmt: skip
     assert raw["files"] == {TENSORS_FILE: sha256_file(w8a8_dir / TENSORS_FILE)}
     assert raw["metrics"] == {}
-    assert raw["config"] == json.loads(json.dumps(w8a8.config))
-    assert raw["timings"] == w8a8.seconds
+    assert raw["config"] == {"profile": PROFILES[Profile.FAST].to_dict(), "reconstruction": None}
+    timings = raw["timings"]
+    assert set(timings) == {"setup", "biq", "total"}
+    assert all(math.isfinite(t) and t >= 0 for t in timings.values()), timings
+    assert timings["total"] >= timings["setup"] + timings["biq"]
     assert [r["name"] for r in raw["reports"]] == [r.name for r in w8a8.reports]
     assert list(raw["layers"]) == list(quant_layers(w8a8.model))
     assert sorted(p.name for p in w8a8_dir.iterdir()) == [MANIFEST_FILE, TENSORS_FILE]

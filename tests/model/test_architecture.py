@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ptq4vm_core.model import MattingNetwork, RecurrentState, load_rvm_from_onnx
+from ptq4vm_core.model.recipe import conv_names
 from ptq4vm_core.model.weights import WeightsError, read_onnx_convs
 
 
@@ -23,7 +24,7 @@ def _frames(clip_frames, n: int, size: tuple[int, int] | None = None) -> torch.T
 def test_every_onnx_convolution_maps_to_one_module(weights_file: Path) -> None:
     convs = read_onnx_convs(weights_file)
     modules = [m for m in MattingNetwork().modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == len(modules) == 82
+    assert len(convs) == len(modules) == len(conv_names())
     total = sum(c.weight.size + (c.bias.size if c.bias is not None else 0) for c in convs)
     assert total == sum(p.numel() for p in MattingNetwork().parameters())
 
