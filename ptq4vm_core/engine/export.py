@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -58,7 +58,26 @@ FULL_RESOLUTION = "rvm-int8-ds1.onnx"
 OPENVINO_GENERAL = "rvm-int8-openvino.onnx"
 OPENVINO_FULL_RESOLUTION = "rvm-int8-openvino-ds1.onnx"
 GRAPH_FILES = (GENERAL, FULL_RESOLUTION, OPENVINO_GENERAL, OPENVINO_FULL_RESOLUTION)
-Runtime = Literal["ort", "openvino"]
+
+
+@dataclass(frozen=True)
+class GraphForm:
+    """Which function-preserving rewrites shape an exported graph (`rvm_graph`,
+    `openvino_graph`): every form computes the same quantized function; each runtime runs one
+    form fastest (measured by benchmarks/engine_forms.py)."""
+
+    name: str
+    merge_box_filters: bool = False
+    pad_concat_convs: bool = False
+    merged_upsampling: bool = False
+    split_concat_convs: bool = False
+    hard_sigmoid_as_clip: bool = False
+
+
+ORT_FORM = GraphForm("ort", merge_box_filters=True, pad_concat_convs=True)
+OPENVINO_FORM = GraphForm(
+    "openvino", merged_upsampling=True, split_concat_convs=True, hard_sigmoid_as_clip=True
+)
 REPORT = "export.json"
 STATE_ZERO = np.zeros((1, 1, 1, 1), np.float32)
 
@@ -91,20 +110,20 @@ class ExportedGraphs:
 
 
 def rewritten_graph(
-    *, full_resolution: bool = False, root: Path | None = None, runtime: Runtime = "ort"
+    *, full_resolution: bool = False, root: Path | None = None, form: GraphForm = ORT_FORM
 ) -> tuple[GraphEditor, dict[str, rvm_graph.ConvSite]]:
-    """The published FP32 graph after the `rvm_graph` rewrites (still float), and its convs.
-    `runtime`: ONNX Runtime's form (box filters merged, concat convs padded to 4-channel
-    multiples) or OpenVINO's (neither; the tail's upsampling merged; see `openvino_graph`)."""
+    """The published FP32 graph after the `rvm_graph` rewrites of `form` (still float), and
+    its convs: ONNX Runtime's form merges the box filters and pads concat convs to 4-channel
+    multiples, OpenVINO's merges the tail's upsampling instead (see `openvino_graph`)."""
     editor = GraphEditor(rvm_graph.prepare(onnx.load(str(weights_path(root)))))
     sites = rvm_graph.conv_sites(editor, list(architecture(MODEL_NAME).convs))
     rvm_graph.drop_identity_split_concat(editor)
-    if runtime == "ort":
+    if form.merge_box_filters:
         rvm_graph.merge_box_filters(editor, sites)
-    rvm_graph.split_refiner_output(editor, merged_upsampling=runtime == "openvino")
+    rvm_graph.split_refiner_output(editor, merged_upsampling=form.merged_upsampling)
     if full_resolution:
         rvm_graph.specialise_full_resolution(editor)
-    if runtime == "ort":
+    if form.pad_concat_convs:
         for site in sites.values():
             rvm_graph.pad_concat_conv(editor, site)
     return editor, sites
@@ -116,7 +135,7 @@ def build_graph(
     full_resolution: bool = False,
     ranges: dict[str, tuple[float, float]] | None = None,
     root: Path | None = None,
-    runtime: Runtime = "ort",
+    form: GraphForm = ORT_FORM,
 ) -> tuple[onnx.ModelProto, list[qdq.OutputPoint]]:
     """The QDQ graph of a verified artifact and its output points. Without `ranges` the
     points stay float (the graph then computes what the simulation does, on float kernels);
@@ -129,14 +148,15 @@ def build_graph(
             f"the artifact was calibrated from weights {manifest.base_weights_sha256[:12]}..., "
             f"this exporter builds on the published RVM graph {RVM_WEIGHTS.sha256[:12]}..."
         )
-    editor, sites = rewritten_graph(full_resolution=full_resolution, root=root, runtime=runtime)
+    editor, sites = rewritten_graph(full_resolution=full_resolution, root=root, form=form)
     ordered = list(sites.values())
     qdq.quantize_convs(editor, ordered, verified)
     points = qdq.output_points(editor, ordered, verified)
     if ranges is not None:
         qdq.requantize_outputs(editor, points, ranges)
-    if runtime == "openvino":
+    if form.split_concat_convs:
         openvino_graph.split_concat_convs(editor, ratio=1.0 if full_resolution else 0.5)
+    if form.hard_sigmoid_as_clip:
         openvino_graph.hard_sigmoid_as_clip(editor)
     model = editor.to_model()
     model.producer_name = "ptq4vm"
@@ -148,11 +168,27 @@ def build_graph(
             "ptq4vm.tensors_sha256": manifest.files[TENSORS_FILE],
             "ptq4vm.export_version": str(EXPORT_VERSION),
             "ptq4vm.full_resolution": str(full_resolution).lower(),
-            "ptq4vm.runtime": runtime,
+            "ptq4vm.form": form.name,
         },
     )
     onnx.checker.check_model(model)
     return model, points
+
+
+def build_form(
+    verified: Verified,
+    form: GraphForm,
+    calibration: RangeCalibration,
+    root: Path | None = None,
+) -> tuple[onnx.ModelProto, onnx.ModelProto, list[qdq.OutputPoint]]:
+    """The general and ratio-1 graphs of `form`, their output grids observed on the form's
+    own float graph (the same conv outputs as every form but for merged box filters, which
+    keep float outputs anyway)."""
+    float_points, points = build_graph(verified, root=root, form=form)
+    ranges = observe_ranges(float_points, points, calibration, root)
+    general, _ = build_graph(verified, ranges=ranges, root=root, form=form)
+    full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root, form=form)
+    return general, full, points
 
 
 def observe_ranges(
@@ -206,12 +242,7 @@ def export_artifact(
     full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root)
     # OpenVINO's form has the same conv outputs (names included) but for the box filters,
     # which keep float outputs in both; its points are observed on its own float graph.
-    ov_float, ov_points = build_graph(verified, root=root, runtime="openvino")
-    ov_ranges = observe_ranges(ov_float, ov_points, calibration, root)
-    ov_general, _ = build_graph(verified, ranges=ov_ranges, root=root, runtime="openvino")
-    ov_full, _ = build_graph(
-        verified, full_resolution=True, ranges=ov_ranges, root=root, runtime="openvino"
-    )
+    ov_general, ov_full, ov_points = build_form(verified, OPENVINO_FORM, calibration, root)
     manifest = verified.manifest
     report = {
         "export_version": EXPORT_VERSION,

@@ -48,7 +48,12 @@ def load_engine(
     if model == FP32:
         if runtime is EngineKind.OPENVINO:
             weights = weights_path(root)
-            return OpenVinoEngine({True: weights, False: weights}, name="openvino-fp32", root=root)
+            return OpenVinoEngine(
+                {True: weights, False: weights},
+                name="openvino-fp32",
+                root=root,
+                fallback=lambda: OrtEngine(weights, name="ort-fp32"),
+            )
         if runtime is EngineKind.ORT:
             return OrtEngine(weights_path(root), name="ort-fp32")
         if runtime is EngineKind.TORCH:
@@ -73,6 +78,7 @@ def load_engine(
             {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
             name=f"openvino-int8-{bits}",
             root=root,
+            fallback=lambda: QuantizedOrtEngine(path, root=root),
         )
     artifact = load_artifact(path)
     return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")

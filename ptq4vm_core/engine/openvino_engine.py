@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.base import Engine, EngineOutput, Float32Array
 from ptq4vm_core.engine.ort_engine import BUDGET, STATE_INPUTS, OrtState, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -179,6 +179,9 @@ class OpenVinoEngine:
     ratio-1 graph without the identity resizes; the published graph serves both). `precision`
     is the inference precision of what is not integer in the graph: `f32` keeps FP32's
     arithmetic, `bf16` runs it on the CPU's bf16 units (faster, not the FP32 model any more).
+    `fallback` makes the engine that runs the shapes OpenVINO refuses to compile (e.g. frames
+    a few pixels wide, smaller than a pooling window): ONNX Runtime on the same model, made on
+    first need; a shape stays on the engine it started on.
     """
 
     def __init__(
@@ -190,8 +193,12 @@ class OpenVinoEngine:
         threads: int | None = None,
         cache_dir: Path | None = None,
         root: Path | None = None,
+        fallback: Callable[[], Engine] | None = None,
     ) -> None:
         self._core = openvino_core()
+        self._fallback_factory = fallback
+        self._fallback: Engine | None = None
+        self._refused: set[ShapeKey] = set()
         self._graphs = {k: Path(v) for k, v in graphs.items()}
         self._name = name
         self.precision = precision
@@ -248,15 +255,38 @@ class OpenVinoEngine:
                 prune_cache(self.cache_dir, MAX_CACHED_BLOBS)
             return found
 
+    def _runner(self, key: ShapeKey) -> Compiled | Engine:
+        """The compiled model for `key`, or the fallback engine where OpenVINO refuses it."""
+        if key not in self._refused:
+            try:
+                return self.compiled(key)
+            except RuntimeError as exc:  # OpenVINO reports compile failures as RuntimeError
+                if self._fallback_factory is None:
+                    raise
+                logger.warning(
+                    "OpenVINO cannot compile %s for %dx%d ratio %g (%s); running that shape on "
+                    "the fallback engine",
+                    self._name, key.width, key.height, key.ratio, str(exc).splitlines()[0][:200],
+                )  # fmt: skip
+                with self._lock:
+                    self._refused.add(key)
+        with self._lock:
+            if self._fallback is None:
+                assert self._fallback_factory is not None
+                self._fallback = self._fallback_factory()
+            return self._fallback
+
     def prepare(self, batch: int, height: int, width: int, downsample_ratio: float) -> float:
         """Compiles (or loads from the disk cache) the model for a stream shape ahead of its
         first frame; returns the seconds it took (0 when already compiled)."""
         ratio = check_downsample_ratio(downsample_ratio)
         key = ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads))
         with self._lock:
-            if key in self._compiled:
+            if key in self._compiled or key in self._refused:
                 return 0.0
-        return self.compiled(key).seconds
+        started = time.monotonic()
+        self._runner(key)
+        return time.monotonic() - started
 
     def infer(
         self, src: Float32Array, state: OrtState | None, downsample_ratio: float
@@ -266,9 +296,9 @@ class OpenVinoEngine:
         if src.ndim != 4 or src.shape[1] != 3:
             raise ValueError(f"src must be [B,3,H,W], got {list(src.shape)}")
         batch, _, height, width = src.shape
-        compiled = self.compiled(
-            ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads))
-        )
+        compiled = self._runner(ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads)))
+        if not isinstance(compiled, Compiled):
+            return compiled.infer(src, state, ratio)
         if state is None:
             states = [np.zeros(s, np.float32) for s in compiled.state_shapes]
         else:

@@ -154,7 +154,7 @@ def test_openvino_form_has_no_channel_concat_before_a_conv(w8a8_artifact, engine
         assert concat_fed_convs(ort_model) > 0  # the shape the rewrite removes is there ...
         assert concat_fed_convs(ov_model) == 0  # ... and gone: one int8 conv per input
         assert not [n for n in ov_model.graph.node if n.op_type == "HardSigmoid"]
-        assert props(ov_model)["ptq4vm.runtime"] == "openvino"
+        assert props(ov_model)["ptq4vm.form"] == "openvino"
 
 
 def concat_fed_convs(model: onnx.ModelProto) -> int:
@@ -180,3 +180,25 @@ def concat_fed_convs(model: onnx.ModelProto) -> int:
 
 def props(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def test_shapes_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> None:
+    # A frame 4 px high: at ratio 1 OpenVINO's pooling window exceeds the input and it refuses
+    # to compile; ONNX Runtime runs it. The engine answers from ONNX Runtime for that shape.
+    engine = OpenVinoEngine(
+        {True: weights_file, False: weights_file},
+        name="openvino-fp32",
+        cache_dir=tmp_path,
+        fallback=lambda: OrtEngine(weights_file),
+    )
+    tiny = np.full((1, 3, 4, 8), 0.5, np.float32)
+    expected = OrtEngine(weights_file).infer(tiny, None, 1.0)
+    first = engine.infer(tiny, None, 1.0)
+    np.testing.assert_allclose(first.pha, expected.pha, atol=1e-6)
+    again = engine.infer(tiny, first.state, 1.0)  # its state is the fallback's, and fits
+    assert again.pha.shape == (1, 1, 4, 8)
+    without = OpenVinoEngine(
+        {True: weights_file, False: weights_file}, name="x", cache_dir=tmp_path
+    )
+    with pytest.raises(RuntimeError):
+        without.infer(tiny, None, 1.0)
