@@ -25,6 +25,7 @@ from server.gates import admin_refusal
 from server.limits import MALFORMED_UPLOAD, disk_full
 from server.media import MediaError
 from server.registry import ModelUnavailableError
+from server.responses import ActiveModel, AdminModelList, CalibrationStatus
 from server.services import media_limits
 from server.settings import Settings
 
@@ -80,6 +81,7 @@ async def _store(upload: UploadFile, target: Path, what: str, settings: Settings
 @router.post(
     "/calibrations",
     status_code=202,
+    response_model=CalibrationStatus,
     responses={
         **MALFORMED_UPLOAD,
         413: {
@@ -152,20 +154,24 @@ def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
     return job
 
 
-@router.get("/calibrations")
+@router.get("/calibrations", response_model=list[CalibrationStatus])
 def list_calibrations(calibrations: CalibrationsDep) -> list[dict[str, Any]]:
     """Every job the store remembers, oldest first."""
     return calibrations.list()
 
 
-@router.get("/calibrations/{job_id}")
+@router.get("/calibrations/{job_id}", response_model=CalibrationStatus)
 def get_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any]:
     """state (queued, running, done, failed, cancelled), stage, progress in [0, 1], eta_s,
     loss, metrics (the quality gate's report), version, activated, error."""
     return _found(calibrations.get(job_id), job_id)
 
 
-@router.delete("/calibrations/{job_id}", responses={409: {"description": "The job has finished."}})
+@router.delete(
+    "/calibrations/{job_id}",
+    response_model=CalibrationStatus,
+    responses={409: {"description": "The job has finished."}},
+)
 def cancel_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any]:
     """Cancel a queued or running job: its process is killed, its files removed."""
     try:
@@ -174,7 +180,7 @@ def cancel_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, 
         raise HTTPException(409, str(exc)) from None
 
 
-@router.get("/models")
+@router.get("/models", response_model=AdminModelList, response_model_exclude_unset=True)
 def list_models(registry: RegistryDep) -> dict[str, Any]:
     """Every version with its active flag and manifest metrics (the gate report included)."""
     return {"active": registry.active(), "versions": registry.describe()}
@@ -182,6 +188,7 @@ def list_models(registry: RegistryDep) -> dict[str, Any]:
 
 @router.post(
     "/models/{version}/activate",
+    response_model=ActiveModel,
     responses={409: {"description": "The version cannot be loaded."}},
 )
 async def activate_model(version: str, registry: RegistryDep) -> dict[str, Any]:

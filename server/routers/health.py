@@ -5,21 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 
 from server.deps import MetricsDep, ServicesDep
+from server.responses import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 def healthz() -> dict[str, str]:
     """The process is up and answering."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Still starting or shutting down."}})
-def readyz(services: ServicesDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Still starting or shutting down."}},
+)
+def readyz(services: ServicesDep, response: Response) -> dict[str, Any]:
     """Ready when the active model is loaded and the workers run; 503 otherwise."""
     body: dict[str, Any] = {
         "status": "ready" if services.ready else "not ready",
@@ -28,7 +32,8 @@ def readyz(services: ServicesDep) -> JSONResponse:
         "sessions": services.sessions.attached(),
         "default_model": services.default_builder.describe(),
     }
-    return JSONResponse(body, status_code=200 if services.ready else 503)
+    response.status_code = 200 if services.ready else 503
+    return body
 
 
 @router.get("/metrics", response_class=Response)

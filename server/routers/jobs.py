@@ -27,6 +27,7 @@ from server.jobs import (
 from server.limits import MALFORMED_UPLOAD, disk_full
 from server.media import MediaError, image_header
 from server.redact import redact
+from server.responses import JobStatus
 from server.services import media_limits
 from server.settings import Settings
 
@@ -68,6 +69,7 @@ def _save_background(upload: UploadFile, target: Path, settings: Settings) -> No
 @router.post(
     "",
     status_code=202,
+    response_model=JobStatus,
     responses={
         **MALFORMED_UPLOAD,
         413: {
@@ -163,6 +165,7 @@ async def create_job(
 
 @router.delete(
     "/{job_id}",
+    response_model=JobStatus,
     responses={
         404: {"description": "Unknown or expired job."},
         409: {"description": "The job has finished."},
@@ -187,7 +190,11 @@ def _job(jobs: JobsDep, job_id: str) -> Job:
     return job
 
 
-@router.get("/{job_id}", responses={404: {"description": "Unknown or expired job."}})
+@router.get(
+    "/{job_id}",
+    response_model=JobStatus,
+    responses={404: {"description": "Unknown or expired job."}},
+)
 def get_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """State (queued, running, done, failed, cancelled), progress in [0, 1] (null while the
     frame count is unknown), frames done, the error of a failed job, and when the result

@@ -12,6 +12,7 @@ from ptq4vm_core.artifact import ArtifactError
 from ptq4vm_core.engine import ModelNotFoundError
 from server.deps import ServicesDep
 from server.onnx_graphs import Graph, graph_file
+from server.responses import ModelList, ModelVersion
 
 # Browsers keep the graph and revalidate it on each use (a version's graph changes only when
 # the exporter does, and a name may be reused after a version is removed): a 304 costs nothing.
@@ -20,7 +21,8 @@ GRAPH_CACHE_CONTROL = "public, no-cache"
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("")
+# Unset keys are dropped: a version row has only the fields its manifest gives.
+@router.get("", response_model=ModelList, response_model_exclude_unset=True)
 def list_models(services: ServicesDep) -> dict[str, Any]:
     """Every version (`fp32` first), which one is active, and the embedded default's build."""
     return {
@@ -30,7 +32,12 @@ def list_models(services: ServicesDep) -> dict[str, Any]:
     }
 
 
-@router.get("/{version}", responses={404: {"description": "No such version."}})
+@router.get(
+    "/{version}",
+    response_model=ModelVersion,
+    response_model_exclude_unset=True,
+    responses={404: {"description": "No such version."}},
+)
 def get_model(version: str, services: ServicesDep) -> dict[str, Any]:
     for row in services.registry.describe():
         if row["version"] == version:

@@ -72,6 +72,28 @@ def test_openapi_lists_the_rest_api(server: RunningServer) -> None:
     assert spec["paths"]["/v1/jobs"]["post"]["responses"].keys() >= {"202", "413", "415"}
 
 
+def test_every_json_answer_has_a_response_model(server: RunningServer) -> None:
+    """The schema names a model for each JSON success (what schemathesis checks answers
+    against), and a live answer has exactly that model's keys."""
+    with server.client() as http:
+        spec = http.get("/openapi.json").json()
+        ready = http.get("/readyz").json()
+    described = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                content = response.get("content", {}).get("application/json")
+                if status.startswith("2") and content is not None:
+                    schema = content["schema"]
+                    assert "$ref" in schema or "$ref" in schema.get("items", {}), (method, path)
+                    described.append(f"{method.upper()} {path}")
+    assert {"GET /readyz", "GET /v1/models", "POST /v1/jobs", "GET /v1/jobs/{job_id}"} <= set(
+        described
+    )
+    readiness = spec["components"]["schemas"]["Readiness"]
+    assert set(ready) == set(readiness["properties"]) == set(readiness["required"])
+
+
 def test_models_lists_fp32(server: RunningServer) -> None:
     with server.client() as http:
         body = http.get("/v1/models").json()
