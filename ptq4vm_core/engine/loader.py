@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ptq4vm_core.artifact import load_artifact, verify_artifact
-from ptq4vm_core.assets import weights_path
+from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
+from ptq4vm_core.engine.auto_engine import CHOICES_FILE, AutoEngine
 from ptq4vm_core.engine.base import Engine, EngineKind
-from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.cache import ENGINES_DIR, cached_export
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, openvino_available
 from ptq4vm_core.engine.ort_engine import OrtEngine
@@ -25,63 +27,72 @@ class ModelNotFoundError(Exception):
     """MODEL names nothing that can be loaded."""
 
 
-def deployed_runtime() -> EngineKind:
-    """The runtime AUTO means here: OpenVINO where it is installed and runs on this CPU (static
-    shapes; measured faster than ONNX Runtime for both the FP32 and the int8 graphs, see
-    docs/benchmarks/engine.md), else ONNX Runtime."""
-    return EngineKind.OPENVINO if openvino_available() else EngineKind.ORT
-
-
 def load_engine(
     model: str, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
 ) -> Engine:
     """An engine for `model`.
 
-    `fp32`: AUTO is the fastest runtime that keeps FP32 arithmetic (`deployed_runtime`: OpenVINO
-    at f32 precision, else ONNX Runtime) on the published graph; ORT and OPENVINO choose the
-    runtime; TORCH is the PyTorch network with the same weights.
-    A quantized artifact: AUTO is its exported int8 QDQ graph (exported on first use, then
-    cached) on `deployed_runtime`; ORT and OPENVINO choose; SIM is the PyTorch simulation that
-    calibration optimised."""
+    AUTO, for `fp32` and for a quantized artifact alike: per stream shape, the faster of
+    OpenVINO and ONNX Runtime measured on this machine (`auto_engine.AutoEngine`; ONNX Runtime
+    alone where OpenVINO is missing or finds no CPU). `fp32` runs the published graph at f32
+    precision on either runtime (the fastest that keeps FP32 arithmetic), an artifact its
+    exported int8 QDQ graph (exported on first use, then cached). ORT and OPENVINO choose the
+    runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch simulation of an artifact."""
     kind = EngineKind(kind)
-    runtime = deployed_runtime() if kind is EngineKind.AUTO else kind
     if model == FP32:
-        if runtime is EngineKind.OPENVINO:
-            weights = weights_path(root)
-            return OpenVinoEngine(
-                {True: weights, False: weights},
-                name="openvino-fp32",
-                root=root,
-                fallback=lambda: OrtEngine(weights, name="ort-fp32"),
-            )
-        if runtime is EngineKind.ORT:
-            return OrtEngine(weights_path(root), name="ort-fp32")
-        if runtime is EngineKind.TORCH:
-            return TorchEngine(load_rvm_from_onnx(weights_path(root)))
-        raise ValueError(
-            f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort, openvino "
-            "or torch"
+        weights = weights_path(root)
+        ort = lambda: OrtEngine(weights, name="ort-fp32")  # noqa: E731
+        openvino = lambda: OpenVinoEngine(  # noqa: E731
+            {True: weights, False: weights}, name="openvino-fp32", root=root, fallback=ort
         )
+        if kind is EngineKind.TORCH:
+            return TorchEngine(load_rvm_from_onnx(weights))
+        if kind is EngineKind.SIM:
+            raise ValueError(
+                f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort, "
+                "openvino or torch"
+            )
+        identity = f"fp32-{RVM_WEIGHTS.sha256[:16]}"
+        return _pick(kind, "auto-fp32", identity, ort, openvino, root)
     path = resolve_artifact(model, root)
-    if runtime is EngineKind.TORCH:
+    if kind is EngineKind.TORCH:
         raise ValueError(
             f"engine {kind.value!r} does not apply to a quantized artifact; use auto (the "
             "deployed int8 engine), ort, openvino or sim (the PyTorch simulation)"
         )
-    if runtime in (EngineKind.ORT, EngineKind.OPENVINO):
-        verify_artifact(path)  # refuse a tampered artifact before using any cached export
-        if runtime is EngineKind.ORT:
-            return QuantizedOrtEngine(path, root=root)
-        graphs = cached_export(path, root=root)
-        bits = graphs.report["bits"]
-        return OpenVinoEngine(
-            {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
-            name=f"openvino-int8-{bits}",
-            root=root,
-            fallback=lambda: QuantizedOrtEngine(path, root=root),
-        )
-    artifact = load_artifact(path)
-    return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
+    if kind is EngineKind.SIM:
+        artifact = load_artifact(path)
+        return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
+    verify_artifact(path)  # refuse a tampered artifact before using any cached export
+    graphs = cached_export(path, root=root)
+    bits = graphs.report["bits"]
+    ort_int8 = lambda: QuantizedOrtEngine(path, root=root)  # noqa: E731
+    openvino_int8 = lambda: OpenVinoEngine(  # noqa: E731
+        {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
+        name=f"openvino-int8-{bits}",
+        root=root,
+        fallback=ort_int8,
+    )
+    return _pick(kind, f"auto-int8-{bits}", graphs.directory.name, ort_int8, openvino_int8, root)
+
+
+def _pick(
+    kind: EngineKind,
+    name: str,
+    identity: str,
+    ort: Callable[[], Engine],
+    openvino: Callable[[], Engine],
+    root: Path | None,
+) -> Engine:
+    if kind is EngineKind.ORT:
+        return ort()
+    if kind is EngineKind.OPENVINO:
+        return openvino()
+    if not openvino_available():
+        return ort()
+    choices = (root or cache_root()) / ENGINES_DIR / CHOICES_FILE
+    candidates = {"openvino": openvino, "ort": ort}
+    return AutoEngine(candidates, name=name, identity=identity, choices=choices)
 
 
 def resolve_artifact(model: str, root: Path | None = None) -> Path:
