@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ptq4vm_core.engine import Engine
-from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array
 from server.batching import split_state, stack_states, state_signature
 from server.metrics import Metrics
 
@@ -56,7 +56,7 @@ class Work:
     model: str
     size: tuple[int, int]  # (H, W)
     ratio: float
-    state: Any
+    state: EngineState | None
     prepare: Prepare
     finish: Finish
     lane: Lane = Lane.REALTIME
@@ -74,7 +74,7 @@ class Done:
     """A processed frame: the finish() result, the new state, and where the time went."""
 
     payload: Any
-    state: Any
+    state: EngineState
     queue_s: float
     decode_s: float
     infer_s: float
@@ -236,7 +236,7 @@ class Scheduler:
         work: Work,
         fgr: Float32Array,
         pha: Float32Array,
-        state: Any,
+        state: EngineState,
         started: float,
         decode_s: float,
         infer_s: float,

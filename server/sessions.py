@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array
 from server.codec import check_raw_size, decode_frame, encode_alpha, to_batch
 from server.metrics import Metrics
 from server.protocol import StartMessage, error
@@ -82,7 +82,7 @@ class Session:
         self.lease = lease
         # A session that named no model follows the active version at each reset.
         self.follows_active = start.model is None
-        self.state: Any = None
+        self.state: EngineState | None = None
         self.generation = 0
         self.next_seq = 0
         self.matted = 0

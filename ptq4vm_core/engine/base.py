@@ -6,9 +6,16 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 Float32Array = NDArray[np.float32]
+StateArray = Float32Array | torch.Tensor
+EngineState = tuple[StateArray, ...]
+"""A stream's recurrent state as an engine returns it: an immutable NamedTuple of per-stream
+arrays, batch first (RVM's r1..r4 [B,C,h,w]: `OrtState` of numpy arrays for ONNX Runtime and
+OpenVINO, `RecurrentState` of torch tensors for PyTorch). Its class rebuilds it from its fields
+(`server.batching` stacks and splits states so)."""
 
 
 class EngineKind(StrEnum):
@@ -26,7 +33,7 @@ class EngineOutput(NamedTuple):
 
     fgr: Float32Array
     pha: Float32Array
-    state: Any
+    state: EngineState
 
 
 class Engine(Protocol):

@@ -117,8 +117,9 @@ def test_micro_batching_groups_same_size_frames_and_splits_state() -> None:
     # fresh streams that queued behind it as one batch.
     assert engine.calls == [1, 1, 3]
     assert [r.payload[1] for r in results] == [2.0, 1.0, 1.0, 1.0]
-    assert [float(r.state.n[0, 0]) for r in results] == [2.0, 1.0, 1.0, 1.0]
-    assert all(r.state.n.shape == (1, 1) for r in results)
+    assert all(isinstance(r.state, Count) for r in results)  # the engine's own state class
+    assert [float(r.state[0][0, 0]) for r in results] == [2.0, 1.0, 1.0, 1.0]
+    assert all(r.state[0].shape == (1, 1) for r in results)
 
 
 def test_a_bad_frame_fails_alone() -> None:
@@ -176,6 +177,7 @@ def test_stack_and_split_round_trip(kind: str) -> None:
 
     states = [make(1.0), make(2.0), make(3.0)]
     stacked = stack_states(states)
+    assert stacked is not None
     assert type(stacked) is type(states[0])
     assert stacked[0].shape[0] == 3
     for original, back in zip(states, split_state(stacked, 3), strict=True):
@@ -183,3 +185,13 @@ def test_stack_and_split_round_trip(kind: str) -> None:
             assert bool((a == b).all())
     assert state_signature(states[0]) == state_signature(states[1]) != state_signature(None)
     assert stack_states([None, None]) is None
+
+
+def test_states_that_cannot_share_a_batch_are_refused() -> None:
+    numpy_state = Count(np.ones((1, 3), np.float32))
+    torch_state = Count(torch.ones((1, 3)))  # type: ignore[arg-type]
+    assert state_signature(numpy_state) != state_signature(torch_state)
+    with pytest.raises(TypeError, match="new stream"):
+        stack_states([numpy_state, None])
+    with pytest.raises(TypeError, match="torch tensors with one of numpy arrays"):
+        stack_states([numpy_state, torch_state])
