@@ -33,7 +33,9 @@ class EngineOutput(NamedTuple):
 
     fgr: Float32Array
     pha: Float32Array
-    state: EngineState
+    # Any until each engine names its own state type here (EngineOutput generic over it): a
+    # concrete engine's output state must go back into that engine's `infer`.
+    state: Any
 
 
 class Engine(Protocol):
