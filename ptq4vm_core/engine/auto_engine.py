@@ -21,7 +21,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,12 @@ class AutoEngine:
     # Choosing --------------------------------------------------------------------------------
 
     def _record_key(self, key: ShapeKey) -> str:
+        # Not the thread count: every process of a machine (streams, jobs, batch actors with
+        # fewer threads, `ptq4vm matte`) runs a shape on the same runtime, so their outputs
+        # agree bit for bit; the measurement is made with the engine's full thread count.
         shape = f"{key.batch}x{key.height}x{key.width}@{key.ratio:g}"
         runtimes = f"{hardware_tag([])}-openvino{openvino_version()}"
-        return f"{self._identity}|{shape}|t{key.threads}|{runtimes}"
+        return f"{self._identity}|{shape}|{runtimes}"
 
     def _choice(self, key: ShapeKey) -> str:
         with self._lock:
@@ -117,7 +121,9 @@ class AutoEngine:
             return found
         if len(self._factories) == 1:
             return self._remember(key, next(iter(self._factories)))
-        with self._choose_lock:  # one measurement at a time: they would disturb each other
+        # One measurement at a time, across the machine's processes too (they would disturb
+        # each other, and two processes must not choose differently for one shape).
+        with self._choose_lock, choices_lock(self._choices_path):
             with self._lock:
                 found = self._chosen.get(key)
             if found is not None:
@@ -172,17 +178,26 @@ def read_choices(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_choice(path: Path, key: str, value: dict[str, Any]) -> None:
-    """Adds one choice to the file, atomically and serialised with other processes."""
+@contextmanager
+def choices_lock(path: Path) -> Iterator[None]:
+    """The machine-wide lock on the choices file (held while measuring and writing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with (path.parent / f".{path.name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = read_choices(path)
-        data[key] = value
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            yield
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_choice(path: Path, key: str, value: dict[str, Any]) -> None:
+    """Adds one choice to the file, atomically (call it under `choices_lock`)."""
+    data = read_choices(path)
+    data[key] = value
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
