@@ -4,22 +4,23 @@ The int8 graph ONNX Runtime runs best (`export`, `rvm_graph`) is not the one Ope
 best: OpenVINO lays int8 tensors out channels-last (NHWC) and has only reference (slow)
 kernels for channel concatenations and splits in that layout, and hard-sigmoid as a separate
 float node forces a layout change before and after it. Each rewrite here keeps the quantized
-function (the same integers on the same grids; float results equal up to summation order);
-measured effects (CPU time per frame, one thread, this project's W8A8 export, 512x288 ds 1 and
-1280x720 ds 0.375, docs/engine.md):
+function (the same integers on the same grids; float results equal up to summation order).
+What each one changes on each runtime is measured by benchmarks/engine_forms.py
+(docs/benchmarks/engine-forms.md); together they took OpenVINO from 1.98x to 2.38x ORT FP32's
+speed at 512x288 ds 1 and from 1.37x to 1.96x at 1280x720 ds 0.375 (CPU time, one thread):
 
 * `split_concat_convs`: a conv over a channel concatenation of quantized tensors becomes one
   int8 conv per concatenated input, summed (W [O, C1+C2] * [x1; x2] = W1 * x1 + W2 * x2). Each
   input keeps its own QDQ (the grid the concatenation had), no concat is materialised, and no
-  zero-padded channels are needed; 80 -> 70 ms at 512x288.
+  zero-padded channels are needed (within noise in that benchmark);
 * `hard_sigmoid_as_clip`: HardSigmoid(x) = clip(alpha * x + beta, 0, 1) spelled with Mul, Add
-  and Clip, which OpenVINO fuses into its elementwise subgraphs around the int8 convs.
+  and Clip, which OpenVINO fuses into its elementwise subgraphs around the int8 convs;
 * the refiner's four box filters are not merged into one 16-channel conv for this runtime
   (`rvm_graph.merge_box_filters` is for ONNX Runtime), which saves a full-resolution
   16-channel concat and split at ratio 1;
 * the full-resolution tail upsamples A and b as one 8-channel resize
   (`rvm_graph.split_refiner_output(merged_upsampling=True)`): a 1- or 3-channel bilinear
-  resize in NHWC wastes most of each vector; 131 -> 99 ms at 1280x720 ds 0.375.
+  resize in NHWC wastes most of each vector (the largest single effect at 720p).
 """
 
 from __future__ import annotations
