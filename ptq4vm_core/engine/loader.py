@@ -32,9 +32,9 @@ def load_engine(
 ) -> Engine:
     """An engine for `model`.
 
-    AUTO, for `fp32` and for a quantized artifact alike: per stream shape, the faster of
-    OpenVINO and ONNX Runtime measured on this machine (`auto_engine.AutoEngine`; ONNX Runtime
-    alone where OpenVINO is missing or finds no CPU). `fp32` runs the published graph at f32
+    AUTO, for `fp32` and for a quantized artifact alike: OpenVINO with static shapes (faster
+    than ONNX Runtime at every size measured, docs/benchmarks/engine.md), ONNX Runtime where
+    OpenVINO is missing or finds no CPU. `fp32` runs the published graph at f32
     precision on either runtime (the fastest that keeps FP32 arithmetic), an artifact its
     exported int8 QDQ graph (exported on first use, then cached). ORT and OPENVINO choose the
     runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch simulation of an artifact."""
@@ -88,8 +88,20 @@ def _pick(
         return ort()
     if kind is EngineKind.OPENVINO:
         return openvino()
+    # AUTO is OpenVINO where it runs: it measured faster than ONNX Runtime at every size of
+    # benchmarks/engine.py. A per-shape measured choice (`auto_engine.AutoEngine`,
+    # `measured_auto`) is not the default: two processes with different caches could choose
+    # differently and their mattes then differ by an alpha level at rare pixels.
     if not openvino_available():
         return ort()
+    return openvino()
+
+
+def measured_auto(
+    name: str, identity: str, ort: Callable[[], Engine], openvino: Callable[[], Engine],
+    root: Path | None = None,
+) -> Engine:  # fmt: skip
+    """Per shape the faster of the two runtimes, measured on this machine once."""
     choices = (root or cache_root()) / ENGINES_DIR / CHOICES_FILE
     candidates = {"openvino": openvino, "ort": ort}
     return AutoEngine(candidates, name=name, identity=identity, choices=choices)

@@ -58,7 +58,7 @@ def test_artifact_runs_through_matte_and_eval(
          "--alpha-out", str(tmp_path / "a")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "auto-int8-w8a8" in result.output  # AUTO is the deployed int8 engine
+    assert "openvino-int8-w8a8" in result.output  # AUTO is the deployed int8 engine
     assert len(list((tmp_path / "a").glob("*.png"))) == 120
     # At 8 bits the quantized matte stays close to FP32 over a stretch of frames.
     fp, q = load_engine("fp32"), load_engine(str(qdrop_artifact))

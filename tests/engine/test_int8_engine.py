@@ -112,9 +112,9 @@ def test_batch_of_streams_equals_streams_one_by_one(
 def test_auto_is_the_int8_engine_and_sim_the_simulation(
     w8a8_artifact: Path, use_engine_cache: Path
 ) -> None:
-    # AUTO: per shape, the faster of OpenVINO and ONNX Runtime on the int8 graph
-    # (tests/engine/test_openvino.py checks the choice and the fallback to ONNX Runtime).
-    assert load_engine(str(w8a8_artifact)).name == "auto-int8-w8a8"
+    # AUTO: the int8 graph on OpenVINO where it runs (tests/engine/test_openvino.py checks the
+    # fallback to ONNX Runtime).
+    assert load_engine(str(w8a8_artifact)).name == "openvino-int8-w8a8"
     assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
     assert load_engine(str(w8a8_artifact), EngineKind.ORT).name == "ort-int8-w8a8"
     assert load_engine(str(w8a8_artifact), EngineKind.SIM).name == "sim-w8a8"
@@ -138,7 +138,7 @@ def test_bench_json_schema(w8a8_artifact: Path, use_engine_cache: Path) -> None:
     assert set(report) == set(expected)
     for key, kind in expected.items():
         assert isinstance(report[key], kind), (key, report[key])
-    assert report["engine"] == "auto-int8-w8a8"
+    assert report["engine"] == "openvino-int8-w8a8"
     assert (report["size"], report["frames"]) == ("176x144", 3)
     assert report["fps"] > 0
     assert report["ms_p50"] <= report["ms_p99"] <= report["ms_max"]

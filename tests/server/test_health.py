@@ -45,7 +45,7 @@ def test_metrics_after_streaming(server: RunningServer, clip_rgb: list[NDArray[n
         "ptq4vm_decode_seconds_count",
         "ptq4vm_encode_seconds_count",
         "ptq4vm_batch_size_count",
-        'ptq4vm_model_info{engine="auto-fp32",version="fp32"} 1.0',
+        'ptq4vm_model_info{engine="openvino-fp32",version="fp32"} 1.0',
         "ptq4vm_models_loaded 1.0",
     ):
         assert name in text, name

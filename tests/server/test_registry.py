@@ -45,7 +45,7 @@ def test_empty_registry_serves_fp32(home: Path) -> None:
     assert registry.active() == "fp32"
     assert [row["version"] for row in registry.describe()] == ["fp32"]
     with registry.acquire() as lease:
-        assert (lease.version, lease.engine.name) == ("fp32", "auto-fp32")
+        assert (lease.version, lease.engine.name) == ("fp32", "openvino-fp32")
     with pytest.raises(ModelNotFoundError, match="unknown model 'w9a9'"):
         registry.acquire("w9a9")
 
