@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ptq4vm_core.artifact import load_artifact, verify_artifact
-from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
-from ptq4vm_core.engine.auto_engine import CHOICES_FILE, AutoEngine
+from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
-from ptq4vm_core.engine.cache import ENGINES_DIR, cached_export
+from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, openvino_available
 from ptq4vm_core.engine.ort_engine import OrtEngine
@@ -52,8 +51,7 @@ def load_engine(
                 f"engine {kind.value!r} does not apply to the fp32 model; use auto, ort, "
                 "openvino or torch"
             )
-        identity = f"fp32-{RVM_WEIGHTS.sha256[:16]}"
-        return _pick(kind, "auto-fp32", identity, ort, openvino, root)
+        return _pick(kind, ort, openvino)
     path = resolve_artifact(model, root)
     if kind is EngineKind.TORCH:
         raise ValueError(
@@ -73,38 +71,17 @@ def load_engine(
         root=root,
         fallback=ort_int8,
     )
-    return _pick(kind, f"auto-int8-{bits}", graphs.directory.name, ort_int8, openvino_int8, root)
+    return _pick(kind, ort_int8, openvino_int8)
 
 
-def _pick(
-    kind: EngineKind,
-    name: str,
-    identity: str,
-    ort: Callable[[], Engine],
-    openvino: Callable[[], Engine],
-    root: Path | None,
-) -> Engine:
-    if kind is EngineKind.ORT:
-        return ort()
-    if kind is EngineKind.OPENVINO:
-        return openvino()
-    # AUTO is OpenVINO where it runs: it measured faster than ONNX Runtime at every size of
-    # benchmarks/engine.py. A per-shape measured choice (`auto_engine.AutoEngine`,
-    # `measured_auto`) is not the default: two processes with different caches could choose
-    # differently and their mattes then differ by an alpha level at rare pixels.
-    if not openvino_available():
+def _pick(kind: EngineKind, ort: Callable[[], Engine], openvino: Callable[[], Engine]) -> Engine:
+    """ORT, OPENVINO, or AUTO: OpenVINO where it runs (faster than ONNX Runtime at every size
+    of benchmarks/engine.py), else ONNX Runtime. A per-shape measured choice
+    (`auto_engine.AutoEngine`) is not the default: processes with different caches could
+    choose differently, and their mattes then differ by an alpha level at rare pixels."""
+    if kind is EngineKind.ORT or (kind is EngineKind.AUTO and not openvino_available()):
         return ort()
     return openvino()
-
-
-def measured_auto(
-    name: str, identity: str, ort: Callable[[], Engine], openvino: Callable[[], Engine],
-    root: Path | None = None,
-) -> Engine:  # fmt: skip
-    """Per shape the faster of the two runtimes, measured on this machine once."""
-    choices = (root or cache_root()) / ENGINES_DIR / CHOICES_FILE
-    candidates = {"openvino": openvino, "ort": ort}
-    return AutoEngine(candidates, name=name, identity=identity, choices=choices)
 
 
 def resolve_artifact(model: str, root: Path | None = None) -> Path:
