@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ptq4vm_core.engine.base import Engine, Float32Array
+from ptq4vm_core.engine.base import Engine, Float32Array, S
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.model.matting import check_downsample_ratio
 
@@ -37,10 +36,10 @@ class MatteFrame:
 
 
 def matte_frames(
-    engine: Engine, frames: Iterable[NDArray[np.uint8]], downsample_ratio: float
+    engine: Engine[S], frames: Iterable[NDArray[np.uint8]], downsample_ratio: float
 ) -> Iterator[MatteFrame]:
     """Run `engine` over `frames` ([H,W,3] uint8 RGB, all one size) as one stream."""
-    state: Any = None
+    state: S | None = None
     size: tuple[int, ...] | None = None
     for index, frame in enumerate(frames):
         if size is None:

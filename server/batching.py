@@ -1,7 +1,8 @@
 """Stacking the recurrent states of several streams into one batch, and splitting them again.
 
-An engine's state is an `EngineState`: a NamedTuple of per-stream arrays [B,...] (numpy for
-ONNX Runtime and OpenVINO, torch tensors for PyTorch). Frames of different streams can share
+An engine's state is a NamedTuple of per-stream arrays [B,...] (`StateFields`: the engines'
+`EngineState` of numpy arrays, or any other such tuple, of numpy arrays or of torch tensors);
+its class is the engine's, so stacking and splitting keep it. Frames of different streams can share
 one engine call when they have the same model, frame size and downsample ratio and their
 states the same structure; `None` (a new stream) only batches with `None`.
 """
@@ -9,17 +10,14 @@ states the same structure; `None` (a new stream) only batches with `None`.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
 
 import numpy as np
 import torch
 
-from ptq4vm_core.engine.base import EngineState, StateArray
-
-S = TypeVar("S", bound=EngineState)
+from ptq4vm_core.engine.base import S, StateArray, StateFields
 
 
-def state_signature(state: EngineState | None) -> Hashable:
+def state_signature(state: StateFields | None) -> Hashable:
     """Equal for states that `stack_states` can combine; None is its own class."""
     if state is None:
         return None
@@ -60,5 +58,5 @@ def _row(field: StateArray, i: int) -> StateArray:
 
 
 def _rebuild(like: S, fields: list[StateArray]) -> S:
-    # An EngineState is a NamedTuple: its class takes the fields as arguments.
+    # An engine state is a NamedTuple: its class takes the fields as arguments.
     return type(like)(*fields)

@@ -23,12 +23,12 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic
 
 import numpy as np
 
 from ptq4vm_core.engine import Engine
-from ptq4vm_core.engine.base import EngineState, Float32Array
+from ptq4vm_core.engine.base import Float32Array, S
 from server.batching import split_state, stack_states, state_signature
 from server.metrics import Metrics
 
@@ -47,34 +47,35 @@ Finish = Callable[[Float32Array, Float32Array], Any]
 
 
 @dataclass(eq=False)
-class Work:
-    """One frame of one stream. `state` is the stream's state before this frame; `tag` is the
-    caller's (e.g. the frame's seq). A caller may replace `prepare`, `tag` and `state` while
-    `dispatched` is False (latest-frame-wins); both happen on the event loop."""
+class Work(Generic[S]):
+    """One frame of one stream. `state` is the stream's state before this frame (of `engine`'s
+    state type); `tag` is the caller's (e.g. the frame's seq). A caller may replace `prepare`,
+    `tag` and `state` while `dispatched` is False (latest-frame-wins); both happen on the event
+    loop."""
 
-    engine: Engine
+    engine: Engine[S]
     model: str
     size: tuple[int, int]  # (H, W)
     ratio: float
-    state: EngineState | None
+    state: S | None
     prepare: Prepare
     finish: Finish
     lane: Lane = Lane.REALTIME
     tag: Any = None
     dispatched: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
-    future: asyncio.Future[Done] | None = None
+    future: asyncio.Future[Done[S]] | None = None
 
     def batch_key(self) -> Hashable:
         return (id(self.engine), self.size, self.ratio, state_signature(self.state))
 
 
 @dataclass(frozen=True)
-class Done:
+class Done(Generic[S]):
     """A processed frame: the finish() result, the new state, and where the time went."""
 
     payload: Any
-    state: EngineState
+    state: S
     queue_s: float
     decode_s: float
     infer_s: float
@@ -82,7 +83,10 @@ class Done:
     batch: int
 
 
-class Scheduler:
+class Scheduler(Generic[S]):
+    """Runs the works of every stream whose engines have state type `S` (the engines'
+    `EngineState` in the server)."""
+
     def __init__(
         self,
         *,
@@ -96,12 +100,12 @@ class Scheduler:
         self._share = batch_share
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-infer")
-        self._ready: dict[Lane, deque[Work]] = {lane: deque() for lane in Lane}
+        self._ready: dict[Lane, deque[Work[S]]] = {lane: deque() for lane in Lane}
         self._free = workers
         self._realtime_run = 0
         self._closed = False
 
-    async def run(self, work: Work) -> Done:
+    async def run(self, work: Work[S]) -> Done[S]:
         """Queue `work` and wait for it; raises what its prepare/finish or the engine raised.
         Cancelling the wait before dispatch takes the work out of the queue."""
         if self._closed:
@@ -150,7 +154,7 @@ class Scheduler:
             return Lane.BATCH
         return None
 
-    def _take(self) -> list[Work]:
+    def _take(self) -> list[Work[S]]:
         while (lane := self._next_lane()) is not None:
             queue = self._ready[lane]
             first = queue.popleft()
@@ -170,11 +174,11 @@ class Scheduler:
         return []
 
     def _finished(
-        self, batch: list[Work], running: asyncio.Future[list[Done | BaseException]]
+        self, batch: list[Work[S]], running: asyncio.Future[list[Done[S] | BaseException]]
     ) -> None:
         self._free += 1
         try:
-            results: list[Done | BaseException] = running.result()
+            results: list[Done[S] | BaseException] = running.result()
         except BaseException as exc:  # the pool was shut down under it
             results = [exc] * len(batch)
         for work, result in zip(batch, results, strict=True):
@@ -189,9 +193,9 @@ class Scheduler:
 
     # In a worker thread ------------------------------------------------------------------------
 
-    def _execute(self, batch: list[Work]) -> list[Done | BaseException]:
+    def _execute(self, batch: list[Work[S]]) -> list[Done[S] | BaseException]:
         started = time.monotonic()
-        results: list[Done | BaseException | None] = [None] * len(batch)
+        results: list[Done[S] | BaseException | None] = [None] * len(batch)
         inputs: list[Float32Array] = []
         good: list[int] = []
         decode_s: dict[int, float] = {}
@@ -233,15 +237,15 @@ class Scheduler:
 
     def _finish(
         self,
-        work: Work,
+        work: Work[S],
         fgr: Float32Array,
         pha: Float32Array,
-        state: EngineState,
+        state: S,
         started: float,
         decode_s: float,
         infer_s: float,
         batch: int,
-    ) -> Done | BaseException:
+    ) -> Done[S] | BaseException:
         t = time.monotonic()
         try:
             payload = work.finish(fgr, pha)
@@ -256,7 +260,7 @@ class Scheduler:
             self._metrics.frames_matted.labels(model=work.model, lane=work.lane.value).inc()
         return Done(payload, state, queue_s, decode_s, infer_s, encode_s, batch)
 
-    def _observe_infer(self, work: Work, seconds: float, batch: int) -> None:
+    def _observe_infer(self, work: Work[S], seconds: float, batch: int) -> None:
         if self._metrics is not None:
             self._metrics.inference_seconds.labels(model=work.model).observe(seconds)
             self._metrics.batch_size.observe(batch)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ptq4vm_core.engine.base import Engine, EngineOutput, Float32Array
+from ptq4vm_core.engine.base import Engine, EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.openvino_engine import ShapeKey, openvino_version
-from ptq4vm_core.engine.ort_engine import BUDGET, OrtState, default_threads, hardware_tag
+from ptq4vm_core.engine.ort_engine import BUDGET, default_threads, hardware_tag
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ class AutoEngine:
         return time.monotonic() - started
 
     def infer(
-        self, src: Float32Array, state: OrtState | None, downsample_ratio: float
-    ) -> EngineOutput:
+        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+    ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         batch, _, height, width = np.shape(src)
         key = ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads))
@@ -154,7 +154,7 @@ class AutoEngine:
         """Median wall ms per frame of each candidate on this shape, interleaved rounds."""
         src = np.random.default_rng(0).random((key.batch, 3, key.height, key.width), np.float32)
         engines = {name: self.engine(name) for name in self._factories}
-        states: dict[str, Any] = dict.fromkeys(engines)
+        states: dict[str, EngineState | None] = dict.fromkeys(engines)
         for name, engine in engines.items():
             prepare = getattr(engine, "prepare", None)
             if callable(prepare):

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Generic, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from typing_extensions import TypeVar
 
 Float32Array = NDArray[np.float32]
 StateArray = Float32Array | torch.Tensor
-EngineState = tuple[StateArray, ...]
-"""A stream's recurrent state as an engine returns it: an immutable NamedTuple of per-stream
-arrays, batch first (RVM's r1..r4 [B,C,h,w]: `OrtState` of numpy arrays for ONNX Runtime and
-OpenVINO, `RecurrentState` of torch tensors for PyTorch). Its class rebuilds it from its fields
-(`server.batching` stacks and splits states so)."""
+StateFields = tuple[StateArray, ...]
+"""What any engine state is: an immutable NamedTuple of per-stream arrays, batch first. Its
+class rebuilds it from its fields (`server.batching` stacks and splits states so)."""
+
+
+class EngineState(NamedTuple):
+    """RVM's four ConvGRU states r1..r4 as every engine here takes and returns them: float32
+    numpy arrays [B,C,h,w] (shapes and ranges in `model.state.RecurrentState`). ONNX Runtime and
+    OpenVINO carry them through the graph's r1i..r4i / r1o..r4o; the PyTorch engines convert
+    to and from the model's `RecurrentState` of tensors (no copy on the CPU)."""
+
+    r1: Float32Array
+    r2: Float32Array
+    r3: Float32Array
+    r4: Float32Array
+
+
+S = TypeVar("S", bound=StateFields, default=EngineState)
+"""The state type of one engine: what its `infer` returns is what it takes back. The default
+is the state of every engine of this package; other values (test doubles) name their own."""
 
 
 class EngineKind(StrEnum):
@@ -28,17 +44,15 @@ class EngineKind(StrEnum):
     SIM = "sim"  # PyTorch simulation of a quantized artifact
 
 
-class EngineOutput(NamedTuple):
+class EngineOutput(NamedTuple, Generic[S]):
     """fgr [B,3,H,W] and pha [B,1,H,W] float32 in [0,1]; `state` goes with the next frame."""
 
     fgr: Float32Array
     pha: Float32Array
-    # Any until each engine names its own state type here (EngineOutput generic over it): a
-    # concrete engine's output state must go back into that engine's `infer`.
-    state: Any
+    state: S
 
 
-class Engine(Protocol):
+class Engine(Protocol[S]):
     """A loaded model that mattes frames. Engines are shared between streams and keep no
     per-stream data: the recurrent state is passed in and returned (`None` = new stream)."""
 
@@ -47,7 +61,7 @@ class Engine(Protocol):
         """Short identifier reported to users, e.g. ``ort-fp32``."""
         ...
 
-    def infer(self, src: Float32Array, state: Any | None, downsample_ratio: float) -> EngineOutput:
+    def infer(self, src: Float32Array, state: S | None, downsample_ratio: float) -> EngineOutput[S]:
         """src [B,3,H,W] float32 RGB in [0,1]. The state must come from the same engine and
         the same frame size; a size change needs a new stream."""
         ...
@@ -63,7 +77,7 @@ class CompilingEngine(Protocol):
 
 
 def prepare_engine(
-    engine: Engine, batch: int, height: int, width: int, downsample_ratio: float
+    engine: Engine[S], batch: int, height: int, width: int, downsample_ratio: float
 ) -> float:
     """Compiles `engine` for a stream shape ahead of its first frame where it compiles per
     shape (call it off the event loop); 0 for engines that do not."""

@@ -7,12 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.cache import cached_export, optimized_path
 from ptq4vm_core.engine.export import ExportedGraphs
 from ptq4vm_core.engine.ort_engine import (
     OrtEngine,
-    OrtState,
     default_providers,
     hardware_tag,
 )
@@ -27,7 +26,7 @@ class QuantizedOrtEngine:
     The artifact is exported once per content (`cache.cached_export`); the ratio-1 graph is
     used for downsample ratio exactly 1, the general graph otherwise (they compute the same
     function, so a stream may change ratio without losing its state). Sessions are created on
-    first use and shared by all streams; the recurrent state is an `OrtState` passed in and
+    first use and shared by all streams; the recurrent state is an `EngineState` passed in and
     returned, as with `OrtEngine`.
     """
 
@@ -68,7 +67,7 @@ class QuantizedOrtEngine:
             return self._engines[full_resolution]
 
     def infer(
-        self, src: Float32Array, state: OrtState | None, downsample_ratio: float
-    ) -> EngineOutput:
+        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+    ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         return self.engine(ratio == 1.0).infer(src, state, ratio)

@@ -10,7 +10,7 @@ inference threads), kept for the life of the engine and, through OpenVINO's mode
 (`CACHE_DIR`), on disk under `$PTQ4VM_HOME/engines/openvino/`, so a restart loads the compiled
 blob instead of compiling again.
 
-The recurrent state is carried through the graph's inputs and outputs as an `OrtState` (the
+The recurrent state is carried through the graph's inputs and outputs as an `EngineState` (the
 same value `OrtEngine` passes, so the server's batching treats both alike). `None` starts a
 stream: zeros of the compiled state shapes, which is what the published graph's 1x1x1x1 zero
 states broadcast to.
@@ -31,8 +31,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ptq4vm_core.engine.base import Engine, EngineOutput, Float32Array
-from ptq4vm_core.engine.ort_engine import BUDGET, STATE_INPUTS, OrtState, default_threads
+from ptq4vm_core.engine.base import Engine, EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.ort_engine import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
 
@@ -289,8 +289,8 @@ class OpenVinoEngine:
         return time.monotonic() - started
 
     def infer(
-        self, src: Float32Array, state: OrtState | None, downsample_ratio: float
-    ) -> EngineOutput:
+        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+    ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         src = np.ascontiguousarray(src, dtype=np.float32)
         if src.ndim != 4 or src.shape[1] != 3:
@@ -315,7 +315,7 @@ class OpenVinoEngine:
             request.infer(feeds, share_inputs=True, share_outputs=True)
             out = [request.get_tensor(name).data.copy() for name in ("fgr", "pha", *STATE_OUTPUTS)]
         fgr, pha, r1, r2, r3, r4 = out
-        return EngineOutput(fgr, pha, OrtState(r1, r2, r3, r4))
+        return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))
 
 
 def openvino_version() -> str:

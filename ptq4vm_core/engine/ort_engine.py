@@ -11,12 +11,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -25,15 +24,6 @@ STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
 OUTPUTS = ("fgr", "pha", "r1o", "r2o", "r3o", "r4o")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-class OrtState(NamedTuple):
-    """The four GRU states as the graph returns them (r1o..r4o), float32 arrays."""
-
-    r1: Float32Array
-    r2: Float32Array
-    r3: Float32Array
-    r4: Float32Array
 
 
 def default_threads() -> int:
@@ -180,15 +170,15 @@ class OrtEngine:
             return self._sessions[threads]
 
     def infer(
-        self, src: Float32Array, state: OrtState | None, downsample_ratio: float
-    ) -> EngineOutput:
+        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+    ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         src = np.ascontiguousarray(src, dtype=np.float32)
         if state is None:
             zero = np.zeros((src.shape[0], 1, 1, 1), np.float32)
-            state = OrtState(zero, zero, zero, zero)
+            state = EngineState(zero, zero, zero, zero)
         feeds = {"src": src, "downsample_ratio": np.array([ratio], np.float32)}
         feeds.update(zip(STATE_INPUTS, state, strict=True))
         session = self.session_for(BUDGET.threads(self.threads))
         fgr, pha, r1, r2, r3, r4 = session.run(list(OUTPUTS), feeds)
-        return EngineOutput(fgr, pha, OrtState(r1, r2, r3, r4))
+        return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))

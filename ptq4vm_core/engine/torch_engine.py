@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.model import MattingNetwork, RecurrentState
 
 
 class TorchEngine:
-    """Runs a MattingNetwork in PyTorch: the FP32 network, or a quantized one in simulation."""
+    """Runs a MattingNetwork in PyTorch: the FP32 network, or a quantized one in simulation.
+
+    Its state is the `EngineState` of numpy arrays that every engine takes and returns (so
+    streams, batching and callers treat all engines alike), converted to and from the model's
+    `RecurrentState` of tensors: `torch.from_numpy` and `Tensor.numpy` share memory on the CPU,
+    so the conversion copies nothing there."""
 
     def __init__(
         self,
@@ -29,8 +34,12 @@ class TorchEngine:
 
     @torch.inference_mode()
     def infer(
-        self, src: Float32Array, state: RecurrentState | None, downsample_ratio: float
-    ) -> EngineOutput:
+        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+    ) -> EngineOutput[EngineState]:
         x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).to(self.device)
-        out = self.model(x, state, downsample_ratio)
-        return EngineOutput(out.fgr.cpu().numpy(), out.pha.cpu().numpy(), out.state)
+        hidden = None
+        if state is not None:
+            hidden = RecurrentState(*(torch.from_numpy(r).to(self.device) for r in state))
+        out = self.model(x, hidden, downsample_ratio)
+        fields = (r.cpu().numpy() for r in out.state)
+        return EngineOutput(out.fgr.cpu().numpy(), out.pha.cpu().numpy(), EngineState(*fields))

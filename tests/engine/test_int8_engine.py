@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
+from ptq4vm_core.engine.base import EngineState
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
-from ptq4vm_core.engine.ort_engine import OrtState
 from ptq4vm_core.engine.torch_engine import TorchEngine
 
 ONE_LEVEL = 1 / 255
@@ -89,7 +89,7 @@ def test_state_is_carried_across_calls_and_sessions(
     state = None
     for src in frames[:4]:
         state = int8_engine.infer(src, state, 1.0).state
-    assert isinstance(state, OrtState)
+    assert isinstance(state, EngineState)
     resumed = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
     for src in frames[4:]:
         half = resumed.infer(src, state, 1.0)

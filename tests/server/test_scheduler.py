@@ -34,7 +34,7 @@ class FakeEngine:
         self.calls: list[int] = []
         self.lock = threading.Lock()
 
-    def infer(self, src: Float32Array, state: Count | None, ratio: float) -> EngineOutput:
+    def infer(self, src: Float32Array, state: Count | None, ratio: float) -> EngineOutput[Count]:
         time.sleep(self.delay)
         with self.lock:
             self.calls.append(src.shape[0])
