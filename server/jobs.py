@@ -19,129 +19,52 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ptq4vm_core.engine.base import Float32Array, prepare_engine
+from ptq4vm_core.engine.base import EngineState, Float32Array, prepare_engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, rgb_to_uint8
-from ptq4vm_core.io.video import FrameWriter, composite, open_writer, parse_background
+from ptq4vm_core.io.mattes import MatteWriter
+from ptq4vm_core.io.video import parse_background
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.decoder import VideoSource
+from server.job import (
+    FINISHED,
+    MEDIA_TYPES,
+    OUTPUTS,
+    Container,
+    Job,
+    JobCancelledError,
+    JobFinishedError,
+    JobsFullError,
+    JobState,
+    OutputKind,
+    RemoteMatting,
+)
 from server.media import MediaLimits
 from server.metrics import Metrics
-from server.redact import redact
 from server.registry import ModelLease, ModelRegistry
 from server.scheduler import Done, Lane, Scheduler, Work
 
 logger = logging.getLogger(__name__)
 
-OutputKind = Literal["alpha", "rgba", "composite"]
-Container = Literal["mp4", "webm", "mov"]
-# What each output is written as: (writer kind, container choices, the first is the default).
-OUTPUTS: dict[str, tuple[Literal["alpha", "rgb", "rgba"], tuple[Container, ...]]] = {
-    "alpha": ("alpha", ("mp4", "webm", "mov")),
-    "rgba": ("rgba", ("webm", "mov")),
-    "composite": ("rgb", ("mp4", "webm", "mov")),
-}
-MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-
-
-class JobsFullError(Exception):
-    """PTQ4VM_MAX_JOBS jobs are queued or running."""
-
-
-class RemoteMatting(Protocol):
-    """Where jobs run instead of this process when a cluster is configured (server.ray_jobs):
-    `matte` writes `job.result`, keeps `job.frames_done` current and raises
-    JobCancelledError once `should_stop()` is true."""
-
-    def matte(self, job: Job, version: str, should_stop: Callable[[], bool]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JobCancelledError(Exception):
-    """The server shut down under a running job, or the job was cancelled."""
-
-
-class JobFinishedError(Exception):
-    """A job that has finished cannot be cancelled."""
-
-
-@dataclass
-class Job:
-    id: str
-    dir: Path
-    input: Path
-    output: OutputKind
-    container: Container
-    model: str | None
-    downsample_ratio: float | None
-    background: str
-    # An image uploaded with the job (in its directory), used instead of `background`.
-    background_image: Path | None = None
-    state: JobState = JobState.QUEUED
-    frames_done: int = 0
-    frames_total: int | None = None
-    version: str | None = None
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    expires: float | None = None
-    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-    # Set when the job passes PTQ4VM_MAX_JOB_SECONDS, even before its decoder exists.
-    timed_out: threading.Event = field(default_factory=threading.Event, repr=False)
-    source: VideoSource | None = field(default=None, repr=False)
-
-    @property
-    def result(self) -> Path:
-        return self.dir / f"result.{self.container}"
-
-    @property
-    def media_type(self) -> str:
-        return MEDIA_TYPES[self.container]
-
-    def describe(self) -> dict[str, Any]:
-        progress = None
-        if self.state is JobState.DONE:
-            progress = 1.0
-        elif self.frames_total:
-            progress = round(min(1.0, self.frames_done / self.frames_total), 4)
-        elif self.state is JobState.QUEUED:
-            progress = 0.0
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "progress": progress,
-            "frames_done": self.frames_done,
-            "frames_total": self.frames_total,
-            "output": self.output,
-            "container": self.container,
-            "model": self.version or self.model,
-            "error": None if self.error is None else redact(self.error),
-            "created": self.created,
-            "finished": self.finished,
-            "expires": self.expires,
-            "result": f"/v1/jobs/{self.id}/result" if self.state is JobState.DONE else None,
-        }
+__all__ = [  # the job's data lives in server.job; its users import it from here too
+    "FINISHED",
+    "MEDIA_TYPES",
+    "OUTPUTS",
+    "Container",
+    "Job",
+    "JobCancelledError",
+    "JobFinishedError",
+    "JobManager",
+    "JobState",
+    "JobsFullError",
+    "OutputKind",
+    "RemoteMatting",
+]
 
 
 class JobManager:
@@ -371,34 +294,28 @@ class JobManager:
         # Compiled here, in the job's thread, not by the first frame in the shared inference
         # workers, where it would hold up every live session.
         prepare_engine(lease.engine, 1, info.height, info.width, ratio)
-        kind = OUTPUTS[job.output][0]
         bg = None
         if job.output == "composite":
             # The image is the job's own upload, already checked (server.media); a colour
             # otherwise. `background` never names a file: the route accepts colours only.
             spec = str(job.background_image) if job.background_image else job.background
             bg = parse_background(spec, info.width, info.height)
-        writer: FrameWriter = open_writer(
-            job.result,
-            kind,
+        writer = MatteWriter(
+            {job.output: job.result},
             width=info.width,
             height=info.height,
             fps=info.fps,
-            audio_from=job.input if job.output == "composite" and info.audio else None,
+            background=bg,
+            # Only an input with audio is opened here (in this process) for it.
+            audio_from=job.input if info.audio else None,
         )
         with writer:
-            state: Any = None
+            state: EngineState | None = None
             for frame in source.frames():
-                done = self._infer(lease, frame, state, ratio, need_rgb=job.output != "alpha")
+                done = self._infer(lease, frame, state, ratio, need_rgb=writer.needs_fgr)
                 state = done.state
                 fgr, pha = done.payload
-                if job.output == "alpha":
-                    writer.write(pha)
-                elif job.output == "rgba":
-                    writer.write(np.dstack([fgr, pha]))
-                else:
-                    assert bg is not None
-                    writer.write(composite(fgr, pha, bg))
+                writer.write(pha, fgr)
                 job.frames_done += 1
                 self._check_time(job)
 
@@ -406,11 +323,13 @@ class JobManager:
         self,
         lease: ModelLease,
         frame: NDArray[np.uint8],
-        state: Any,
+        state: EngineState | None,
         ratio: float,
         need_rgb: bool,
     ) -> Done:
-        def finish(fgr: Float32Array, pha: Float32Array) -> tuple[Any, NDArray[np.uint8]]:
+        def finish(
+            fgr: Float32Array, pha: Float32Array
+        ) -> tuple[NDArray[np.uint8] | None, NDArray[np.uint8]]:
             return (rgb_to_uint8(fgr) if need_rgb else None), alpha_to_uint8(pha)
 
         work = Work(

@@ -15,12 +15,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ptq4vm_core.batch.spec import BatchSpec, VideoTask
 from ptq4vm_core.engine.base import Engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
-from ptq4vm_core.io.video import composite, iter_frames, open_writer, parse_background, probe
+from ptq4vm_core.io.mattes import MatteWriter
+from ptq4vm_core.io.video import iter_frames, parse_background, probe
 from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -80,27 +79,20 @@ def iter_matte_video(
     if spec.output == "composite":
         bg = parse_background(spec.background, info.width, info.height)
     remove_stale_partials(task.output)
-    writer = open_writer(
-        task.output,
-        spec.writer_kind,
+    writer = MatteWriter(
+        {spec.output: task.output},
         width=info.width,
         height=info.height,
         fps=info.fps,
+        background=bg,
         # As `ptq4vm matte --composite-out`: a composite keeps the input's audio.
-        audio_from=task.input if spec.output == "composite" else None,
+        audio_from=task.input,
     )
     count = 0
     with writer:
         for out in matte_frames(engine, iter_frames(task.input), ratio):
-            pha = alpha_to_uint8(out.pha)
-            if spec.output == "alpha":
-                writer.write(pha)
-            else:
-                fgr = rgb_to_uint8(out.fgr)
-                if bg is not None:
-                    writer.write(composite(fgr, pha, bg))
-                else:
-                    writer.write(np.dstack([fgr, pha]))
+            fgr = rgb_to_uint8(out.fgr) if writer.needs_fgr else None
+            writer.write(alpha_to_uint8(out.pha), fgr)
             count += 1
             yield count
     return VideoOutcome(count, time.monotonic() - started, ratio, engine.name)

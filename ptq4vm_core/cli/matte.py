@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -11,15 +10,8 @@ import typer
 from ptq4vm_core.cli.common import console, progress_bar, user_errors
 from ptq4vm_core.engine import EngineKind, load_engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
-from ptq4vm_core.io.video import (
-    FrameWriter,
-    Kind,
-    composite,
-    iter_frames,
-    open_writer,
-    parse_background,
-    probe,
-)
+from ptq4vm_core.io.mattes import MatteWriter, Output
+from ptq4vm_core.io.video import iter_frames, parse_background, probe
 from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
 
 
@@ -50,35 +42,27 @@ def matte_command(
         ratio = resolve_downsample_ratio(downsample, info.width, info.height)
         bg = parse_background(background, info.width, info.height) if composite_out else None
         runner = load_engine(model, engine)
-
-        def writer(path: Path, kind: Kind, audio: bool) -> FrameWriter:
-            return open_writer(
-                path,
-                kind,
-                width=info.width,
-                height=info.height,
-                fps=info.fps,
-                audio_from=input if audio else None,
-            )
-
-        with ExitStack() as stack, progress_bar() as progress:
-            alpha_w = stack.enter_context(writer(alpha_out, "alpha", False)) if alpha_out else None
-            fgr_w = stack.enter_context(writer(fgr_out, "rgb", True)) if fgr_out else None
-            comp_w = (
-                stack.enter_context(writer(composite_out, "rgb", True)) if composite_out else None
-            )
+        targets: dict[Output, Path] = {}
+        if alpha_out:
+            targets["alpha"] = alpha_out
+        if fgr_out:
+            targets["fgr"] = fgr_out
+        if composite_out:
+            targets["composite"] = composite_out
+        outputs = MatteWriter(
+            targets,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            background=bg,
+            audio_from=input,
+        )
+        with outputs, progress_bar() as progress:
             task = progress.add_task(f"matte [{runner.name}]", total=info.frame_count)
             count = 0
             for out in matte_frames(runner, iter_frames(input), ratio):
-                pha = alpha_to_uint8(out.pha)
-                if alpha_w is not None:
-                    alpha_w.write(pha)
-                if fgr_w is not None or comp_w is not None:
-                    fgr = rgb_to_uint8(out.fgr)
-                    if fgr_w is not None:
-                        fgr_w.write(fgr)
-                    if comp_w is not None and bg is not None:
-                        comp_w.write(composite(fgr, pha, bg))
+                fgr = rgb_to_uint8(out.fgr) if outputs.needs_fgr else None
+                outputs.write(alpha_to_uint8(out.pha), fgr)
                 count += 1
                 progress.advance(task)
         console.print(
