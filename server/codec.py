@@ -52,18 +52,25 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 def decode_image(data: bytes) -> NDArray[np.uint8]:
-    """PNG/JPEG -> [H,W,3] uint8 RGB; FrameError if undecodable. Check `image_size` against a
-    limit first: this decodes every pixel the header declares."""
+    """PNG/JPEG -> [H,W,3] uint8 RGB, contiguous; FrameError if undecodable. Check
+    `image_size` against a limit first: this decodes every pixel the header declares."""
+    return np.ascontiguousarray(_decode_rgb_view(data))
+
+
+def _decode_rgb_view(data: bytes) -> NDArray[np.uint8]:
+    # The decoder's BGR pixels seen as RGB (a reversed view, no copy).
     image_size(data)
     buffer = np.frombuffer(data, np.uint8)
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if bgr is None:
         raise FrameError("bad_frame", f"cannot decode {len(data)} bytes as a PNG or JPEG image")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    return np.asarray(bgr[..., ::-1], dtype=np.uint8)  # a view: the dtype is uint8 already
 
 
 def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDArray[np.uint8]:
-    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError."""
+    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError. A view, not
+    a copy (of the message's bytes for rgb24, read-only; of the decoded image, reversed from
+    BGR, for PNG/JPEG): `to_batch` reads it once into the engine's input."""
     if fmt == "rgb24":
         check_raw_size(data, width, height)
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
@@ -76,7 +83,7 @@ def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDAr
             f"frame is {declared[0]}x{declared[1]}, the session was started at "
             f"{width}x{height}; start a new session for another size",
         )
-    rgb = decode_image(data)
+    rgb = _decode_rgb_view(data)
     if rgb.shape[:2] != (height, width):
         raise FrameError("bad_frame", "the frame decodes to another size than its header")
     return rgb
@@ -93,7 +100,7 @@ def check_raw_size(data: bytes, width: int, height: int) -> None:
 
 
 def to_batch(rgb: NDArray[np.uint8]) -> Float32Array:
-    """[H,W,3] uint8 -> [1,3,H,W] float32 in [0,1]."""
+    """[H,W,3] uint8 (any strides) -> [1,3,H,W] float32 in [0,1]: the one copy."""
     return frames_to_batch([rgb])
 
 
