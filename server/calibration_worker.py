@@ -1,33 +1,48 @@
-"""The child process of an admin recalibration: `python -m server.calibration_worker SPEC`.
+"""The calibration child: `python -m server.calibration_worker SPEC`, started by
+`server.calibration_runner` for admin jobs and for the embedded default build alike.
 
-SPEC is a JSON file (`WorkerSpec`). The worker lowers its CPU priority first, then:
-prepares the clips (the first frames of each for calibration, the last `holdout` fraction
-held out for the quality gate), calibrates, saves the artifact at `out` (a staging directory
-inside the registry, which the server then registers with one rename), runs the quality gate
-and writes its report into the artifact's metrics.
+SPEC is a JSON file (`WorkerSpec`). The worker calibrates the spec's clips, saves the artifact at
+`out` and, when the spec has a gate, first splits each clip into calibration frames and held-out
+frames (the last `holdout` of them), then runs the quality gate on the saved artifact and writes
+its report into the artifact's metrics.
 
-It talks to the server in JSON lines on stdout, one object per line:
-`{"event": "progress", "stage", "unit", "step", "total", "fraction", "eta_s", "loss"}` and,
-last, `{"event": "result", "version", "gate": {...}}`. Logging goes to stderr.
+It answers with typed events (`server.calibration_protocol`) on the stdout it was started with,
+one per line; the process's own stdout then points at stderr, so nothing a library prints can
+land among the events. Logging goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
-from pydantic import BaseModel, ConfigDict, Field
+import torch
 
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.artifact import read_manifest, save_artifact, update_metrics
+from ptq4vm_core.assets import weights_path
+from ptq4vm_core.calib.calibrate import calibrate
+from ptq4vm_core.calib.data import build_calibration_set
+from ptq4vm_core.calib.methods import PROFILES
 from ptq4vm_core.calib.progress import ProgressEvent
-from ptq4vm_core.quant.spec import Bits
+from ptq4vm_core.engine import FP32, load_engine
+from ptq4vm_core.io.video import iter_frames, read_alpha_frames
+from ptq4vm_core.model import load_rvm_from_onnx
+from server.calibration_protocol import (
+    ClipSpec,
+    Failure,
+    GateSpec,
+    Progress,
+    Result,
+    WorkerSpec,
+    encode_event,
+)
+from server.gate import GateReport, GateThresholds, judge, mad_vs_reference
 from server.lifeline import exit_with_parent
 
 logger = logging.getLogger(__name__)
@@ -35,43 +50,27 @@ logger = logging.getLogger(__name__)
 MAX_FRAMES_PER_CLIP = 1000  # as the calibration set's loader: bounds the work per upload
 MAX_HELD_OUT_FRAMES = 60  # per clip: enough for a drift estimate, quick to run
 HELD_OUT_MAX_SIDE = 512  # held-out frames are fitted to this, the resolution of service
-# Share of the overall progress the calibration itself takes; the gate takes the rest.
+# Share of the overall progress the calibration itself takes when a gate follows it.
 CALIBRATION_SHARE = 0.85
 
 
-class ClipSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Events:
+    """The event pipe: a private copy of the stdout this process was started with."""
 
-    video: Path
-    alpha: Path | None = None
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
 
+    @classmethod
+    def take_stdout(cls) -> Events:
+        """Keeps fd 1 for the events and points fd 1 (print, C libraries) at stderr."""
+        sys.stdout.flush()
+        stream = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+        os.dup2(2, 1)
+        return cls(stream)
 
-class WorkerSpec(BaseModel):
-    """What the server asks of one worker. `active` is the active version's artifact
-    directory, or "fp32"; `work` a scratch directory for the prepared frames."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    clips: list[ClipSpec] = Field(min_length=1)
-    bits: Bits
-    method: Method
-    profile: Profile
-    out: Path
-    work: Path
-    home: Path
-    active_version: str
-    active: str
-    holdout: float = Field(gt=0, lt=1)
-    max_mad: float = Field(gt=0)
-    margin: float = Field(ge=0)
-    nice: int = Field(ge=0, le=19)
-    parent: int | None = None  # the server's pid: exit (removing `out`) once it is gone
-    seed: int = 0
-
-
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}, allow_nan=False) + "\n")
-    sys.stdout.flush()
+    def send(self, event: Progress | Result | Failure) -> None:
+        self._stream.write(encode_event(event))
+        self._stream.flush()
 
 
 def _finite(value: float | None) -> float | None:
@@ -95,8 +94,6 @@ def prepare_clip(
     The calibration clip is an evaluation-style directory (`com/`, and `pha/` when the clip
     has ground truth) with the first frames, fitted to the profile's `max_side` as the
     calibration set would fit them; the held-out directory has the last `holdout` of them."""
-    from ptq4vm_core.io.video import iter_frames, read_alpha_frames
-
     count = sum(
         1 for _, _ in zip(range(MAX_FRAMES_PER_CLIP), iter_frames(clip.video), strict=False)
     )
@@ -125,98 +122,93 @@ def prepare_clip(
     return calib, held_dir
 
 
-def run(spec: WorkerSpec) -> None:
-    import torch
+def run_gate(spec: WorkerSpec, gate: GateSpec, artifact: Path, held_out: list[Path],
+             events: Events) -> GateReport:  # fmt: skip
+    """The candidate at `artifact` and the active version, each against FP32 on `held_out`."""
+    events.send(Progress(stage="gate", unit=FP32, step=0, total=2, fraction=CALIBRATION_SHARE))
+    fp32 = load_engine(FP32, root=spec.home)
+    candidate = load_engine(str(artifact), root=spec.home)
+    candidate_mad, frames = mad_vs_reference(candidate, fp32, held_out)
+    del candidate
+    active_mad = 0.0
+    if gate.active_version != FP32:
+        events.send(Progress(stage="gate", unit=gate.active_version, step=1, total=2,
+                             fraction=(1 + CALIBRATION_SHARE) / 2))  # fmt: skip
+        active_mad, _ = mad_vs_reference(load_engine(gate.active, root=spec.home), fp32, held_out)
+    thresholds = GateThresholds(max_mad=gate.max_mad, margin=gate.margin)
+    report = judge(candidate_mad, gate.active_version, active_mad, frames, thresholds)
+    update_metrics(
+        artifact,
+        {
+            "MAD_vs_fp32_held_out": candidate_mad,
+            "held_out_frames": frames,
+            "gate": report.to_dict(),
+        },
+    )
+    return report
 
-    from ptq4vm_core.artifact import save_artifact, update_metrics
-    from ptq4vm_core.assets import weights_path
-    from ptq4vm_core.calib.calibrate import calibrate
-    from ptq4vm_core.calib.data import build_calibration_set
-    from ptq4vm_core.calib.methods import PROFILES
-    from ptq4vm_core.engine import FP32, load_engine
-    from ptq4vm_core.model import load_rvm_from_onnx
-    from server.gate import GateThresholds, judge, mad_vs_reference
 
+def run(spec: WorkerSpec, events: Events) -> Result:
     threads = os.environ.get("PTQ4VM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     prof = PROFILES[spec.profile]
-    emit("progress", stage="prepare", unit="", step=0, total=len(spec.clips), fraction=0.0,
-         eta_s=None, loss=None)  # fmt: skip
-    calib_clips, held_out = [], []
-    for index, clip in enumerate(spec.clips):
-        calib, held = prepare_clip(
-            clip, index, spec.work, holdout=spec.holdout, max_side=prof.max_side
-        )
-        calib_clips.append(calib)
-        held_out.append(held)
+    share = 1.0 if spec.gate is None else CALIBRATION_SHARE
+    events.send(Progress(stage="prepare", step=0, total=len(spec.clips), fraction=0.0))
+    held_out: list[Path] = []
+    if spec.gate is None:
+        calib_clips = [clip.video for clip in spec.clips]
+    else:
+        calib_clips = []
+        for index, clip in enumerate(spec.clips):
+            calib, held = prepare_clip(
+                clip, index, spec.work, holdout=spec.gate.holdout, max_side=prof.max_side
+            )
+            calib_clips.append(calib)
+            held_out.append(held)
     data = build_calibration_set(
         calib_clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side,
         seed=spec.seed,
     )  # fmt: skip
 
     def report(event: ProgressEvent) -> None:
-        emit(
-            "progress",
-            stage=event.stage,
-            unit=event.unit,
-            step=event.step,
-            total=event.total,
-            fraction=CALIBRATION_SHARE * event.fraction,
-            eta_s=_finite(event.eta_s),
-            loss=_finite(event.loss),
+        events.send(
+            Progress(
+                stage=event.stage,
+                unit=event.unit,
+                step=event.step,
+                total=event.total,
+                fraction=share * event.fraction,
+                eta_s=_finite(event.eta_s),
+                loss=_finite(event.loss),
+            )
         )
 
     result = calibrate(
         load_rvm_from_onnx(weights_path(spec.home)), data, bits=spec.bits, method=spec.method,
         profile=spec.profile, progress=report, seed=spec.seed,
     )  # fmt: skip
-    manifest_path = save_artifact(result, data, spec.out)
-
-    emit("progress", stage="gate", unit="fp32", step=0, total=2, fraction=CALIBRATION_SHARE,
-         eta_s=None, loss=None)  # fmt: skip
-    fp32 = load_engine(FP32, root=spec.home)
-    candidate = load_engine(str(manifest_path), root=spec.home)
-    candidate_mad, frames = mad_vs_reference(candidate, fp32, held_out)
-    del candidate
-    active_mad = 0.0
-    if spec.active_version != FP32:
-        emit("progress", stage="gate", unit=spec.active_version, step=1, total=2,
-             fraction=(1 + CALIBRATION_SHARE) / 2, eta_s=None, loss=None)  # fmt: skip
-        active_mad, _ = mad_vs_reference(load_engine(spec.active, root=spec.home), fp32, held_out)
-    gate = judge(
-        candidate_mad, spec.active_version, active_mad, frames,
-        GateThresholds(max_mad=spec.max_mad, margin=spec.margin),
-    )  # fmt: skip
-    update_metrics(
-        manifest_path,
-        {
-            "MAD_vs_fp32_held_out": candidate_mad,
-            "held_out_frames": frames,
-            "gate": gate.to_dict(),
-        },
-    )
-    from ptq4vm_core.artifact import read_manifest
-
-    emit("result", version=read_manifest(manifest_path).version_name, gate=gate.to_dict())
+    artifact = save_artifact(result, data, spec.out)
+    gate = None if spec.gate is None else run_gate(spec, spec.gate, artifact, held_out, events)
+    return Result(version=read_manifest(artifact).version_name, gate=gate)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.calibration_worker")
     parser.add_argument("spec", type=Path, help="the job's WorkerSpec as a JSON file")
     args = parser.parse_args(argv)
+    events = Events.take_stdout()
     spec = WorkerSpec.model_validate_json(args.spec.read_text())
-    os.nice(spec.nice)  # first, so that everything after runs behind the sessions
     if spec.parent is not None:
         exit_with_parent(spec.parent, spec.out)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        run(spec)
+        events.send(run(spec, events))
     except Exception as exc:
         logger.exception("calibration failed")
-        emit("error", message=f"{type(exc).__name__}: {exc}")
+        events.send(Failure(message=f"{type(exc).__name__}: {exc}"))
         return 1
     return 0
 

@@ -1,5 +1,5 @@
-"""Admin recalibration jobs (DESIGN 4.4): a queue run one at a time, each job a child process
-(`server.calibration_worker`) at lower CPU priority; records kept in SQLite.
+"""Admin recalibration jobs (DESIGN 4.4): a queue run one at a time, each job a calibration child
+(`server.calibration_runner`) at lower CPU priority; records kept in SQLite.
 
 Layout under the cache root: `calibrations/calibrations.sqlite3` (one row per job, its record
 as JSON), `calibrations/<id>/` (the uploaded clips under generated names, the worker's spec,
@@ -11,15 +11,11 @@ marked failed ("interrupted") at the next start, and its files are removed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ptq4vm_core.artifact import update_metrics
-from server.background import beside_sessions
-from server.calibration_worker import ClipSpec, WorkerSpec
+from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.quant.spec import Bits
+from server.calibration_protocol import ClipSpec, GateSpec, Progress, Result, WorkerSpec
+from server.calibration_runner import CalibrationChild
 from server.registry import ModelRegistry
 from server.settings import Settings
 
@@ -67,9 +65,9 @@ class Calibration:
     latest loss), and how it ended (version, gate report in `metrics`, error)."""
 
     id: str
-    bits: str
-    method: str
-    profile: str
+    bits: Bits
+    method: Method
+    profile: Profile
     activate: bool
     clips: list[dict[str, Any]]
     state: CalibrationState = CalibrationState.QUEUED
@@ -87,13 +85,16 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
-        data["state"] = self.state.value
+        for key in ("state", "bits", "method", "profile"):
+            data[key] = data[key].value
         return data
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         data["state"] = CalibrationState(data["state"])
+        data["bits"], data["method"] = Bits(data["bits"]), Method(data["method"])
+        data["profile"] = Profile(data["profile"])
         return cls(**data)
 
 
@@ -127,18 +128,6 @@ class CalibrationStore:
             self._db.close()
 
 
-def _exit_reason(code: int) -> str:
-    """How a child ended, for the job's error: a negative code is the signal that killed it."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (the out-of-memory killer, or an operator)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with {code}"
-
-
 class CalibrationManager:
     """Queues jobs and runs them one at a time on its thread; see the module docstring."""
 
@@ -150,7 +139,7 @@ class CalibrationManager:
         self._jobs: dict[str, Calibration] = {}
         self._queue: deque[str] = deque()
         self._cond = threading.Condition()
-        self._proc: subprocess.Popen[str] | None = None
+        self._child: CalibrationChild | None = None
         self._cancelling: set[str] = set()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="ptq4vm-calibrations", daemon=True)
@@ -241,12 +230,18 @@ class CalibrationManager:
         with self._cond:
             return job.describe()
 
+    @property
+    def child_pid(self) -> int | None:
+        """The running job's calibration process, while it runs."""
+        with self._cond:
+            child = self._child
+        return None if child is None else child.pid
+
     def _kill(self) -> None:
         with self._cond:
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # it has just exited
-                os.killpg(proc.pid, signal.SIGKILL)
+            child = self._child
+        if child is not None:
+            child.kill()
 
     # The job thread --------------------------------------------------------------------------
 
@@ -304,99 +299,67 @@ class CalibrationManager:
                 ClipSpec(video=work / c["file"], alpha=work / c["alpha"] if c["alpha"] else None)
                 for c in job.clips
             ],
-            bits=job.bits,  # type: ignore[arg-type]  # validated by the router
-            method=job.method,  # type: ignore[arg-type]
-            profile=job.profile,  # type: ignore[arg-type]
+            bits=job.bits,
+            method=job.method,
+            profile=job.profile,
             out=self._staging(job),
             work=work / "frames",
             home=s.home,
-            active_version=active,
-            active=active_path,
-            holdout=s.gate_holdout,
-            max_mad=s.gate_max_mad,
-            margin=s.gate_margin,
-            nice=s.calibration_nice,
+            gate=GateSpec(
+                active_version=active,
+                active=active_path,
+                holdout=s.gate_holdout,
+                max_mad=s.gate_max_mad,
+                margin=s.gate_margin,
+            ),
             parent=os.getpid(),
         )
 
     def _run(self, job: Calibration) -> None:
         self.check_disk()
-        s, work = self._settings, self.root / job.id
-        spec_file = work / "spec.json"
-        spec_file.write_text(self._spec(job).model_dump_json())
-        threads = str(s.calibration_build_threads)
-        # Fewer threads than cores, on cores of their own, as for the embedded default.
-        env = {
-            **os.environ,
-            "PTQ4VM_HOME": str(s.home),
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "PTQ4VM_THREADS": threads,
-        }
+        s = self._settings
         s.models_dir.mkdir(parents=True, exist_ok=True)
-        with (work / "worker.log").open("w+") as log:
-            with self._cond:
-                if job.id in self._cancelling or self._closing:
-                    return
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "server.calibration_worker", str(spec_file)],
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                    env=env,
-                    cwd=Path(__file__).resolve().parent.parent,
-                    start_new_session=True,  # its own process group: a kill takes it all
-                )
-            with beside_sessions(self._proc.pid, s.calibration_build_threads):
-                result = self._follow(job, self._proc)
-                code = self._proc.wait()
-            with self._cond:
-                self._proc = None
-            if job.id in self._cancelling or self._closing:
-                return
-            if code != 0 or result is None:
-                log.seek(0)
-                tail = " | ".join(log.read().strip().splitlines()[-3:])
-                raise RuntimeError(f"the calibration process {_exit_reason(code)}: {tail}")
-        self._register(job, result)
-
-    def _follow(self, job: Calibration, proc: subprocess.Popen[str]) -> dict[str, Any] | None:
-        """Reads the worker's JSON lines into the record until it exits; its result or None."""
-        assert proc.stdout is not None
-        result: dict[str, Any] | None = None
-        saved = 0.0
-        with proc.stdout:
-            for line in proc.stdout:
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    logger.debug("calibration %s: %s", job.id, line.rstrip())
-                    continue
-                if message.get("event") == "result":
-                    result = message
-                elif message.get("event") == "error":
-                    logger.error("calibration %s: %s", job.id, message.get("message"))
-                elif message.get("event") == "progress":
-                    with self._cond:
-                        job.stage = str(message["stage"])
-                        job.progress = float(message["fraction"])
-                        job.eta_s = message.get("eta_s")
-                        if message.get("loss") is not None:
-                            job.loss = message["loss"]
-                        if time.monotonic() - saved > PERSIST_INTERVAL_S:
-                            saved = time.monotonic()
-                            self._store.save(job)
-        return result
-
-    def _register(self, job: Calibration, result: dict[str, Any]) -> None:
         with self._cond:
             if job.id in self._cancelling or self._closing:
                 return
-            job.stage, job.metrics = "register", dict(result["gate"])
+            child = self._child = CalibrationChild(
+                self._spec(job),
+                self.root / job.id,
+                threads=s.calibration_build_threads,
+                nice=s.calibration_nice,
+            )
+        saved = 0.0
+
+        def progress(event: Progress) -> None:
+            nonlocal saved
+            with self._cond:
+                job.stage, job.progress, job.eta_s = event.stage, event.fraction, event.eta_s
+                if event.loss is not None:
+                    job.loss = event.loss
+                if time.monotonic() - saved > PERSIST_INTERVAL_S:
+                    saved = time.monotonic()
+                    self._store.save(job)
+
+        try:
+            result = child.run(progress)
+        finally:
+            with self._cond:
+                self._child = None
+        if result is None or job.id in self._cancelling or self._closing:
+            return
+        self._register(job, result)
+
+    def _register(self, job: Calibration, result: Result) -> None:
+        if result.gate is None:
+            raise RuntimeError("the calibration process sent no quality gate report")
+        with self._cond:
+            if job.id in self._cancelling or self._closing:
+                return
+            job.stage, job.metrics = "register", result.gate.to_dict()
         uploads = [{k: c[k] for k in ("name", "sha256", "bytes")} for c in job.clips]
         update_metrics(self._staging(job), {"uploads": uploads})
         version = self._registry.register(self._staging(job))
-        passed = bool(result["gate"]["passed"])
+        passed = result.gate.passed
         with self._cond:
             job.version = version
         if job.activate and passed:

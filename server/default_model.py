@@ -1,8 +1,11 @@
 """The embedded default (DESIGN 4.4): serve FP32 at once; with an empty registry, build the
-W8A8 PTQ4VM model on the sample clip in the background, then register and activate it.
+W8A8 model (PTQ4VM on the sample clip, by default) in the background, then register and
+activate it.
 
-The build is `ptq4vm calibrate` in a child process at lower CPU priority (`os.nice`), so it
-neither blocks the event loop nor holds the GIL that streaming needs; a thread waits for it.
+The build is a calibration child (`server.calibration_runner`, as admin jobs are) at lower CPU
+priority, so it neither blocks the event loop nor holds the GIL that streaming needs; a thread
+waits for it. Its stage and progress are in `describe()` (`GET /readyz`, `GET /v1/models`) and
+in the log: a line per stage and per tenth of the work.
 """
 
 from __future__ import annotations
@@ -10,17 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from ptq4vm_core.assets import sample_clip_path
-from server.background import beside_sessions
+from ptq4vm_core.quant.spec import Bits
+from server.calibration_protocol import ClipSpec, Progress, WorkerSpec
+from server.calibration_runner import CalibrationChild
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -28,15 +29,8 @@ from server.settings import Settings
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".default-build-"
-# `python -c` runs the CLI at the niceness given as its first argument, with the lifeline of
-# calibration children (server/lifeline.py): it exits, removing its staging directory (the
-# third argument), once the server (the second) is gone, even after a SIGKILL.
-_LAUNCHER = (
-    "import os, sys; os.nice(int(sys.argv.pop(1))); "
-    "from pathlib import Path; from server.lifeline import exit_with_parent; "
-    "exit_with_parent(int(sys.argv.pop(1)), Path(sys.argv.pop(1))); sys.argv[0] = 'ptq4vm'; "
-    "from ptq4vm_core.cli.main import main; main()"
-)
+FILES_DIR = "default-build"  # under the cache root: the child's spec and log
+LOG_STEPS = 10  # progress lines in the log per build
 
 
 class BuildState(StrEnum):
@@ -56,21 +50,37 @@ class DefaultModelBuilder:
         self.error: str | None = None
         self.started: float | None = None
         self.seconds: float | None = None
-        self._tail: deque[str] = deque(maxlen=20)
-        self._proc: subprocess.Popen[str] | None = None
+        self.stage: str | None = None
+        self.progress: float | None = None
+        self.eta_s: float | None = None
+        self._logged: tuple[str | None, int] = (None, -1)  # (stage, tenth) last logged
+        self._lock = threading.Lock()
+        self._child: CalibrationChild | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._set(BuildState.OFF)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "method": self._settings.default_method.value,
-            "profile": self._settings.default_profile.value,
-            "version": self.version,
-            "error": self.error,
-            "seconds": self.seconds,
-        }
+        """The build's record; `stage`, `progress` (in [0, 1]) and `eta_s` are null until the
+        build runs, `progress` is 1 once it is done."""
+        with self._lock:
+            return {
+                "state": self.state.value,
+                "method": self._settings.default_method.value,
+                "profile": self._settings.default_profile.value,
+                "version": self.version,
+                "error": self.error,
+                "seconds": self.seconds,
+                "stage": self.stage,
+                "progress": self.progress,
+                "eta_s": self.eta_s,
+            }
+
+    @property
+    def child_pid(self) -> int | None:
+        """The build's calibration process, while it runs."""
+        child = self._child
+        return None if child is None else child.pid
 
     def maybe_start(self) -> bool:
         """Start the build when it is wanted: switched on, no --model, an empty registry."""
@@ -81,6 +91,21 @@ class DefaultModelBuilder:
         s = self._settings
         if not s.build_default or s.model is not None or self._registry.version_names():
             return False
+        out = s.models_dir / f"{STAGING_PREFIX}{os.getpid()}-{int(time.time())}"
+        files = s.home / FILES_DIR
+        shutil.rmtree(files, ignore_errors=True)
+        spec = WorkerSpec(
+            clips=[ClipSpec(video=sample_clip_path(s.home))],
+            bits=Bits.W8A8,
+            method=s.default_method,
+            profile=s.default_profile,
+            out=out,
+            work=files / "frames",
+            home=s.home,
+            gate=None,  # the first quantized model: nothing to judge it against but fp32
+            parent=os.getpid(),
+        )
+        self._child = CalibrationChild(spec, files, threads=s.build_threads, nice=s.default_nice)
         self._thread = threading.Thread(target=self._run, name="ptq4vm-default-build", daemon=True)
         self._set(BuildState.RUNNING)
         self.started = time.monotonic()
@@ -90,13 +115,8 @@ class DefaultModelBuilder:
     def stop(self) -> None:
         """Kill a running build (the server is shutting down) and wait for the thread."""
         self._stopping.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if self._child is not None:
+            self._child.kill()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
@@ -109,31 +129,21 @@ class DefaultModelBuilder:
         self.state = state
         self._metrics.set_default_build(state.value)
 
-    def _command(self, out: Path) -> list[str]:
-        s = self._settings
-        return [
-            sys.executable,
-            "-c",
-            _LAUNCHER,
-            str(s.default_nice),
-            str(os.getpid()),
-            str(out),
-            "calibrate",
-            "--clips",
-            str(sample_clip_path(s.home)),
-            "--bits",
-            "w8a8",
-            "--method",
-            s.default_method.value,
-            "--profile",
-            s.default_profile.value,
-            "--out",
-            str(out),
-        ]
+    def _progress(self, event: Progress) -> None:
+        with self._lock:
+            self.stage, self.progress, self.eta_s = event.stage, event.fraction, event.eta_s
+        tenth = int(event.fraction * LOG_STEPS)
+        stage, logged = self._logged
+        if event.stage == stage and tenth <= logged:
+            return
+        self._logged = (event.stage, tenth)
+        eta = "" if event.eta_s is None else f", about {event.eta_s:.0f} s left"
+        logger.info("default build: %s, %.0f%% done%s", event.stage, 100 * event.fraction, eta)
 
     def _run(self) -> None:
-        s = self._settings
-        out = s.models_dir / f"{STAGING_PREFIX}{os.getpid()}-{int(time.time())}"
+        s, child = self._settings, self._child
+        if child is None:
+            raise RuntimeError("the default build's thread runs only after maybe_start")
         logger.info(
             "no quantized model in %s: serving fp32 now and building the default W8A8 model "
             "(%s, %s profile) on the sample clip in the background",
@@ -141,40 +151,17 @@ class DefaultModelBuilder:
             s.default_method.value,
             s.default_profile.value,
         )
+        out = child.spec.out
         try:
             s.models_dir.mkdir(parents=True, exist_ok=True)
-            command = self._command(out)
-            threads = str(s.build_threads)
-            # Fewer threads than cores, on cores of its own (server/background.py): the build's
-            # spinning OpenMP threads would otherwise take the sessions' cores, whatever its
-            # niceness.
-            env = {
-                **os.environ,
-                "PTQ4VM_HOME": str(s.home),
-                "OMP_NUM_THREADS": threads,
-                "MKL_NUM_THREADS": threads,
-                "PTQ4VM_THREADS": threads,
-            }
-            self._proc = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-            )
-            assert self._proc.stdout is not None
-            with beside_sessions(self._proc.pid, s.build_threads), self._proc.stdout:
-                for line in self._proc.stdout:
-                    if line.strip():
-                        self._tail.append(line.rstrip())
-                        logger.debug("default build: %s", line.rstrip())
-                code = self._proc.wait()
-            if self._stopping.is_set():
+            result = child.run(self._progress)
+            if result is None or self._stopping.is_set():
                 raise RuntimeError("stopped: the server shut down")
-            if code != 0:
-                raise RuntimeError(
-                    f"`ptq4vm calibrate` exited with {code}: " + " | ".join(list(self._tail)[-5:])
-                )
             self.version = self._registry.register(out, activate=True)
-        except Exception as exc:  # AssetError, ArtifactError, OSError ...: all end the build
-            self.error = str(exc)
-            self.seconds = time.monotonic() - (self.started or time.monotonic())
+        except Exception as exc:  # CalibrationError, AssetError, ArtifactError, OSError ...
+            with self._lock:
+                self.error = str(exc)
+                self.seconds = time.monotonic() - (self.started or time.monotonic())
             self._set(BuildState.FAILED)
             log = logger.info if self._stopping.is_set() else logger.error
             log(
@@ -183,7 +170,9 @@ class DefaultModelBuilder:
                 self.error,
             )
         else:
-            self.seconds = time.monotonic() - (self.started or time.monotonic())
+            with self._lock:
+                self.seconds = time.monotonic() - (self.started or time.monotonic())
+                self.stage, self.progress, self.eta_s = "done", 1.0, 0.0
             self._set(BuildState.DONE)
             logger.info(
                 "default model %s built in %.0f s and activated; new sessions use it",
@@ -192,3 +181,4 @@ class DefaultModelBuilder:
             )
         finally:
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(child.files, ignore_errors=True)

@@ -10,13 +10,54 @@ version's manifest fields) is optional here and its route drops unset keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.calibrations import CalibrationState
 from server.default_model import BuildState
 from server.jobs import Container, JobState, OutputKind
+
+
+class ErrorBody(BaseModel):
+    """Every refusal (4xx) and server-side failure (5xx) answered by the service itself."""
+
+    detail: str = Field(description="What was wrong, naming the value or limit, and the fix.")
+
+
+class FieldError(BaseModel):
+    """One problem FastAPI found in a request's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int] = Field(description='Where: e.g. `["body", "bits"]`.')
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """HTTP 422: `detail` lists the parameters FastAPI refused, or says (as text) which value
+    the route refused and why."""
+
+    detail: list[FieldError] | str
+
+
+# Starlette answers a body that is not valid multipart/form-data with 400 before a route runs;
+# the upload routes declare it, so their OpenAPI lists every status they answer.
+MALFORMED_UPLOAD = "The body is not valid multipart/form-data."
+BAD_ORIGIN = "The request's Origin is not allowed (PTQ4VM_ALLOWED_ORIGINS)."
+BAD_PARAMETERS = "A parameter FastAPI refused; `detail` lists each one."
+UPLOADS_BUSY = "Too many uploads are being received (PTQ4VM_MAX_UPLOADS); see Retry-After."
+
+
+def errors(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses` for its error statuses: each with its body's model (InvalidRequest
+    for 422, ErrorBody for the others) and what it means here."""
+    return {
+        status: {"model": InvalidRequest if status == 422 else ErrorBody, "description": text}
+        for status, text in descriptions.items()
+    }
 
 
 class Health(BaseModel):
@@ -32,6 +73,14 @@ class DefaultBuild(BaseModel):
     version: str | None = Field(description="The version it registered, once done.")
     error: str | None
     seconds: float | None = Field(description="How long the build ran, once finished.")
+    stage: str | None = Field(
+        description="What it is doing (prepare, biq, flow, gac), `done` at the end; null "
+        "until it runs."
+    )
+    progress: float | None = Field(
+        ge=0, le=1, description="The fraction of the work done; null until it runs."
+    )
+    eta_s: float | None = Field(description="Seconds left, estimated; null while unknown.")
 
 
 class Readiness(BaseModel):

@@ -22,10 +22,19 @@ from server.calibrations import Calibration, InsufficientStorageError, NotCancel
 from server.decoder import probe_upload
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
 from server.gates import admin_refusal
-from server.limits import MALFORMED_UPLOAD, disk_full
+from server.limits import disk_full
 from server.media import MediaError
 from server.registry import ModelUnavailableError
-from server.responses import ActiveModel, AdminModelList, CalibrationStatus
+from server.responses import (
+    BAD_ORIGIN,
+    BAD_PARAMETERS,
+    MALFORMED_UPLOAD,
+    UPLOADS_BUSY,
+    ActiveModel,
+    AdminModelList,
+    CalibrationStatus,
+    errors,
+)
 from server.services import media_limits
 from server.settings import Settings
 
@@ -43,11 +52,14 @@ router = APIRouter(
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={
-        401: {"description": "No bearer token."},
-        403: {"description": "Wrong token."},
-        404: {"description": "Admin is off (PTQ4VM_ADMIN_TOKEN unset), or no such item."},
-    },
+    responses=errors(
+        {
+            401: "No bearer token.",
+            403: f"Wrong token. {BAD_ORIGIN}",
+            404: "Admin is off (PTQ4VM_ADMIN_TOKEN unset), or no such item.",
+            422: BAD_PARAMETERS,
+        }
+    ),
 )
 
 
@@ -82,19 +94,18 @@ async def _store(upload: UploadFile, target: Path, what: str, settings: Settings
     "/calibrations",
     status_code=202,
     response_model=CalibrationStatus,
-    responses={
-        **MALFORMED_UPLOAD,
-        413: {
-            "description": "The uploads are over PTQ4VM_MAX_CALIBRATION_BYTES, or a clip over "
-            "PTQ4VM_MAX_PIXELS, PTQ4VM_MAX_VIDEO_SECONDS or PTQ4VM_MAX_VIDEO_FRAMES."
-        },
-        415: {"description": "A clip or alpha that is not an allowed video that decodes."},
-        422: {"description": "Bad bits, method, profile, or alphas that do not match clips."},
-        507: {
-            "description": "Less free disk space than PTQ4VM_MIN_FREE_BYTES, or the disk "
-            "filled up while the uploads were stored."
-        },
-    },
+    responses=errors(
+        {
+            400: MALFORMED_UPLOAD,
+            413: "The uploads are over PTQ4VM_MAX_CALIBRATION_BYTES, or a clip over "
+            "PTQ4VM_MAX_PIXELS, PTQ4VM_MAX_VIDEO_SECONDS or PTQ4VM_MAX_VIDEO_FRAMES.",
+            415: "A clip or alpha that is not an allowed video that decodes.",
+            422: "Bad bits, method, profile, or alphas that do not match clips.",
+            503: UPLOADS_BUSY,
+            507: "Less free disk space than PTQ4VM_MIN_FREE_BYTES, or the disk filled up while "
+            "the uploads were stored.",
+        }
+    ),
 )
 async def create_calibration(
     clips: Annotated[list[UploadFile], File(description="Videos PyAV can decode.")],
@@ -135,9 +146,9 @@ async def create_calibration(
             rows.append(row)
         job = Calibration(
             id=job_id,
-            bits=bits.value,
-            method=method.value,
-            profile=profile.value,
+            bits=bits,
+            method=method,
+            profile=profile,
             activate=activate,
             clips=rows,
         )
@@ -170,7 +181,7 @@ def get_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any
 @router.delete(
     "/calibrations/{job_id}",
     response_model=CalibrationStatus,
-    responses={409: {"description": "The job has finished."}},
+    responses=errors({409: "The job has finished, or is registering its version."}),
 )
 def cancel_calibration(job_id: str, calibrations: CalibrationsDep) -> dict[str, Any]:
     """Cancel a queued or running job: its process is killed, its files removed."""
@@ -189,7 +200,7 @@ def list_models(registry: RegistryDep) -> dict[str, Any]:
 @router.post(
     "/models/{version}/activate",
     response_model=ActiveModel,
-    responses={409: {"description": "The version cannot be loaded."}},
+    responses=errors({409: "The version cannot be loaded."}),
 )
 async def activate_model(version: str, registry: RegistryDep) -> dict[str, Any]:
     """Make any registered version (or fp32) active; also how to roll back."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from server.default_model import STAGING_PREFIX
+from server.calibration_runner import SPEC_FILE, WORKER_MODULE
+from server.default_model import FILES_DIR, STAGING_PREFIX
 from tests.faults.serve import ServeProcess, alive, children
 from tests.server.conftest import Assets, make_home
 
@@ -23,11 +24,18 @@ ENV = {
 }
 
 
+def is_default_build(cmd: str, home: Path | None = None) -> bool:
+    """Whether `cmd` is a calibration child on a default build's spec (for `home`)."""
+    spec = f"{FILES_DIR}/{SPEC_FILE}" if home is None else str(home / FILES_DIR / SPEC_FILE)
+    return WORKER_MODULE in cmd and spec in cmd
+
+
 def build_children(pid: int, timeout: float = 60) -> list[int]:
-    """The default-build children of `pid` (`python -c <launcher> ... calibrate`), once one runs."""
+    """The default-build children of `pid` (`python -m server.calibration_worker
+    HOME/default-build/spec.json`), once one runs."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [p for p, cmd in children(pid) if "server.lifeline" in cmd and "calibrate" in cmd]
+        found = [p for p, cmd in children(pid) if is_default_build(cmd)]
         if found:
             return found
         assert time.monotonic() < deadline, "the default build never started"
@@ -45,8 +53,7 @@ def builds_on(home: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        ours = "server.lifeline" in cmd and "calibrate" in cmd and str(home) in cmd
-        if ours and alive(int(entry.name)):
+        if is_default_build(cmd, home) and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 

@@ -194,6 +194,7 @@ class DefaultBuild:
     artifact: Path
     seconds: float
     states: list[str] = field(default_factory=list)
+    progress: list[tuple[str | None, float | None]] = field(default_factory=list)
     models_during_build: list[str] = field(default_factory=list)
     build_info: dict[str, Any] = field(default_factory=dict)
 
@@ -211,12 +212,14 @@ def default_build(
     server = RunningServer(settings).start()
     started = time.monotonic()
     states: list[str] = []
+    progress: list[tuple[str | None, float | None]] = []
     models: list[str] = []
     try:
         with server.client() as http:
             while time.monotonic() - started < BUILD_TIMEOUT_S:
                 info = http.get("/readyz").json()["default_model"]
                 states.append(info["state"])
+                progress.append((info["stage"], info["progress"]))
                 if info["state"] != "running":
                     break
                 if len(models) < 3:  # sessions get FP32 at once, while the build runs
@@ -233,6 +236,7 @@ def default_build(
             artifact=home / "models" / version,
             seconds=time.monotonic() - started,
             states=states,
+            progress=progress,
             models_during_build=models,
             build_info=info,
         )

@@ -157,10 +157,9 @@ def test_cancel_running_and_queued(admin: RunningServer, assets: Assets) -> None
         # Wait until the child runs, then kill it.
         deadline = time.monotonic() + 60
         calibrations = admin.app.state.calibrations
-        while calibrations._proc is None:
+        while (pid := calibrations.child_pid) is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        pid = calibrations._proc.pid
         while os.getpriority(os.PRIO_PROCESS, pid) < 10:  # the child lowers it as it starts
             assert time.monotonic() < deadline, "the calibration does not run at low priority"
             time.sleep(0.05)

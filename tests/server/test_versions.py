@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from numpy.typing import NDArray
 
 from tests.server.client import decode_png
 from tests.server.conftest import (
+    BUILD_TIMEOUT_S,
     Assets,
     DefaultBuild,
     ServerFactory,
@@ -41,13 +44,42 @@ def test_embedded_default_starts_in_the_background(
     with server.stream(input="rgb24") as stream:
         assert stream.started["model"] == "fp32"
         stream.matte(clip_rgb[0].tobytes())
-    builder = server.services.default_builder
-    assert builder._proc is not None
-    assert builder._proc.poll() is None  # the calibration subprocess is running
-    deadline = time.monotonic() + 30  # the child lowers its priority as it starts
-    while os.getpriority(os.PRIO_PROCESS, builder._proc.pid) < 10:
+    pid = server.services.default_builder.child_pid
+    assert pid is not None  # the calibration subprocess is running
+    deadline = time.monotonic() + 30  # its priority is lowered as it starts
+    while os.getpriority(os.PRIO_PROCESS, pid) < 10:
         assert time.monotonic() < deadline, "the build does not run at low priority"
         time.sleep(0.1)
+
+
+def test_default_build_reports_stage_and_progress(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the default model builds, /readyz says which stage it is in and how far it is
+    (from the child's typed events), and the log says so too."""
+    caplog.set_level(logging.INFO, logger="server.default_model")
+    server = start_server(build_default=True, default_method="minmax", default_profile="fast")
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    with server.client() as http:
+        while True:
+            ready = http.get("/readyz")
+            build = ready.json()["default_model"]
+            seen.append(build)
+            if build["state"] != "running" or build["stage"] not in (None, "prepare"):
+                break
+            assert time.monotonic() < deadline, build
+            time.sleep(0.2)
+    assert ready.status_code == 200  # fp32 serves meanwhile
+    assert build["state"] in ("running", "done"), build
+    assert build["stage"] in ("biq", "done"), build  # MinMax calibrates in the BIQ stage
+    assert 0 < build["progress"] <= 1
+    fractions = [b["progress"] for b in seen if b["progress"] is not None]
+    assert fractions == sorted(fractions)
+    assert all(0 <= f <= 1 for f in fractions)
+    assert seen[0]["stage"] in (None, "prepare")
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.default_model"]
+    assert any(re.fullmatch(r"default build: biq, \d+% done.*", line) for line in lines), lines
 
 
 def test_no_default_build_with_a_model_or_versions(
@@ -69,6 +101,12 @@ def test_embedded_default_builds_and_activates(default_build: DefaultBuild) -> N
     assert set(default_build.models_during_build) == {"fp32"}
     assert default_build.version.startswith("ptq4vm-w8a8-")
     assert default_build.build_info["method"] == "minmax"
+    # /readyz followed the build: progress never went back, and it ended done at 1.
+    fractions = [f for _, f in default_build.progress if f is not None]
+    assert fractions == sorted(fractions)
+    assert {stage for stage, _ in default_build.progress} >= {"biq", "done"}
+    info = default_build.build_info
+    assert (info["stage"], info["progress"], info["eta_s"]) == ("done", 1.0, 0.0)
     manifest = json.loads((default_build.artifact / "manifest.json").read_text())
     assert manifest["bits"] == "w8a8"
     assert manifest["profile"] == "fast"
