@@ -18,12 +18,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-# Starlette answers a body that is not valid multipart/form-data with 400 before a route runs;
-# the upload routes declare it, so their OpenAPI lists every status they answer.
-MALFORMED_UPLOAD: dict[int | str, dict[str, str]] = {
-    400: {"description": "The body is not valid multipart/form-data."}
-}
-
 
 class UploadLimits:
     """ASGI middleware: `limits` maps a path to (max bytes, the setting's env var)."""

@@ -36,7 +36,11 @@ def readyz(services: ServicesDep, response: Response) -> dict[str, Any]:
     return body
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 def metrics(m: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(m.render(), media_type=m.content_type)

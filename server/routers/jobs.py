@@ -24,10 +24,17 @@ from server.jobs import (
     JobState,
     OutputKind,
 )
-from server.limits import MALFORMED_UPLOAD, disk_full
+from server.limits import disk_full
 from server.media import MediaError, image_header
 from server.redact import redact
-from server.responses import JobStatus
+from server.responses import (
+    BAD_ORIGIN,
+    BAD_PARAMETERS,
+    MALFORMED_UPLOAD,
+    UPLOADS_BUSY,
+    JobStatus,
+    errors,
+)
 from server.services import media_limits
 from server.settings import Settings
 
@@ -70,20 +77,19 @@ def _save_background(upload: UploadFile, target: Path, settings: Settings) -> No
     "",
     status_code=202,
     response_model=JobStatus,
-    responses={
-        **MALFORMED_UPLOAD,
-        413: {
-            "description": "Over PTQ4VM_MAX_UPLOAD_BYTES, PTQ4VM_MAX_PIXELS, "
-            "PTQ4VM_MAX_VIDEO_SECONDS or PTQ4VM_MAX_VIDEO_FRAMES."
-        },
-        415: {
-            "description": "Not an MP4/MOV, WebM/Matroska or AVI video that decodes, or a "
-            "background_image that is not a PNG or JPEG."
-        },
-        422: {"description": "Bad output, container, background, ratio or model."},
-        503: {"description": "Too many jobs queued (PTQ4VM_MAX_JOBS)."},
-        507: {"description": "The disk filled up while the upload was stored."},
-    },
+    responses=errors(
+        {
+            400: MALFORMED_UPLOAD,
+            403: BAD_ORIGIN,
+            413: "Over PTQ4VM_MAX_UPLOAD_BYTES, PTQ4VM_MAX_PIXELS, PTQ4VM_MAX_VIDEO_SECONDS or "
+            "PTQ4VM_MAX_VIDEO_FRAMES.",
+            415: "Not an MP4/MOV, WebM/Matroska or AVI video that decodes, or a "
+            "background_image that is not a PNG or JPEG.",
+            422: "Bad output, container, background, ratio or model.",
+            503: f"Too many jobs queued (PTQ4VM_MAX_JOBS). {UPLOADS_BUSY}",
+            507: "The disk filled up while the upload was stored.",
+        }
+    ),
 )
 async def create_job(
     video: Annotated[UploadFile, File(description="A video file PyAV can decode.")],
@@ -166,10 +172,14 @@ async def create_job(
 @router.delete(
     "/{job_id}",
     response_model=JobStatus,
-    responses={
-        404: {"description": "Unknown or expired job."},
-        409: {"description": "The job has finished."},
-    },
+    responses=errors(
+        {
+            403: BAD_ORIGIN,
+            404: "Unknown or expired job.",
+            409: "The job has finished.",
+            422: BAD_PARAMETERS,
+        }
+    ),
 )
 def cancel_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """Cancel a queued or running job: its decoder is stopped, its files removed; the job
@@ -193,7 +203,7 @@ def _job(jobs: JobsDep, job_id: str) -> Job:
 @router.get(
     "/{job_id}",
     response_model=JobStatus,
-    responses={404: {"description": "Unknown or expired job."}},
+    responses=errors({404: "Unknown or expired job.", 422: BAD_PARAMETERS}),
 )
 def get_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """State (queued, running, done, failed, cancelled), progress in [0, 1] (null while the
@@ -207,8 +217,13 @@ def get_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     response_class=FileResponse,
     responses={
         200: {"content": {"video/mp4": {}, "video/webm": {}, "video/quicktime": {}}},
-        404: {"description": "Unknown or expired job."},
-        409: {"description": "The job has not finished, or failed."},
+        **errors(
+            {
+                404: "Unknown or expired job.",
+                409: "The job has not finished, or failed.",
+                422: BAD_PARAMETERS,
+            }
+        ),
     },
 )
 def get_result(job_id: str, jobs: JobsDep) -> FileResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
@@ -20,21 +20,25 @@ from server.codec import (
     to_batch,
 )
 from server.deps import MetricsDep, RegistryDep, SchedulerDep, SettingsDep
-from server.limits import MALFORMED_UPLOAD
 from server.media import MediaError
 from server.redact import redact
 from server.registry import ModelUnavailableError
+from server.responses import BAD_ORIGIN, MALFORMED_UPLOAD, UPLOADS_BUSY, errors
 from server.scheduler import Work
 from server.services import media_limits as settings_limits
 
 router = APIRouter(prefix="/v1", tags=["matte"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The upload is over PTQ4VM_MAX_IMAGE_BYTES or PTQ4VM_MAX_PIXELS."},
-    415: {"description": "Not an image (PNG or JPEG) that can be decoded."},
-    422: {"description": "Unknown model, bad downsample_ratio, or one too small for the image."},
-    503: {"description": "The model cannot be loaded."},
-}
+ERRORS = errors(
+    {
+        400: MALFORMED_UPLOAD,
+        403: BAD_ORIGIN,
+        413: "The upload is over PTQ4VM_MAX_IMAGE_BYTES or PTQ4VM_MAX_PIXELS.",
+        415: "Not an image (PNG or JPEG) that can be decoded.",
+        422: "Unknown model, bad downsample_ratio, or one too small for the image.",
+        503: f"The model cannot be loaded. {UPLOADS_BUSY}",
+    }
+)
 
 
 @router.post(
@@ -42,7 +46,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}}, "description": "Alpha matte."},
-        **MALFORMED_UPLOAD,
         **ERRORS,
     },
 )

@@ -12,7 +12,7 @@ from ptq4vm_core.artifact import ArtifactError
 from ptq4vm_core.engine import ModelNotFoundError
 from server.deps import ServicesDep
 from server.onnx_graphs import Graph, graph_file
-from server.responses import ModelList, ModelVersion
+from server.responses import BAD_PARAMETERS, ModelList, ModelVersion, errors
 
 # Browsers keep the graph and revalidate it on each use (a version's graph changes only when
 # the exporter does, and a name may be reused after a version is removed): a 304 costs nothing.
@@ -36,7 +36,7 @@ def list_models(services: ServicesDep) -> dict[str, Any]:
     "/{version}",
     response_model=ModelVersion,
     response_model_exclude_unset=True,
-    responses={404: {"description": "No such version."}},
+    responses=errors({404: "No such version.", 422: BAD_PARAMETERS}),
 )
 def get_model(version: str, services: ServicesDep) -> dict[str, Any]:
     for row in services.registry.describe():
@@ -51,8 +51,13 @@ def get_model(version: str, services: ServicesDep) -> dict[str, Any]:
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The ONNX graph."},
         304: {"description": "The graph named by If-None-Match is current."},
-        404: {"description": "No such version."},
-        409: {"description": "The version's artifact cannot be trusted or exported."},
+        **errors(
+            {
+                404: "No such version.",
+                409: "The version's artifact cannot be trusted or exported.",
+                422: "A `graph` that is neither general nor full_resolution.",
+            }
+        ),
     },
 )
 async def get_onnx(

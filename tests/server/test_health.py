@@ -92,6 +92,40 @@ def test_every_json_answer_has_a_response_model(server: RunningServer) -> None:
     )
     readiness = spec["components"]["schemas"]["Readiness"]
     assert set(ready) == set(readiness["properties"]) == set(readiness["required"])
+    build = spec["components"]["schemas"]["DefaultBuild"]
+    assert set(ready["default_model"]) == set(build["properties"]) == set(build["required"])
+    assert {"stage", "progress", "eta_s"} <= set(build["properties"])
+
+
+def test_every_error_answer_has_a_model(server: RunningServer) -> None:
+    """Each 4xx/5xx in the schema names its JSON body (what schemathesis checks refusals
+    against), and live refusals have exactly those bodies' keys."""
+    with server.client() as http:
+        spec = http.get("/openapi.json").json()
+        missing = http.get("/v1/models/nope")
+        bad_form = http.post("/v1/jobs", files={"video": ("a.mp4", b"x")}, data={"output": "x"})
+        bad_ratio = http.post(
+            "/v1/matte", files={"image": ("a.png", b"x")}, data={"downsample_ratio": "2"}
+        )
+    errors = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    errors.append((method.upper(), path, status, schema["$ref"].split("/")[-1]))
+    models = {model for _, _, _, model in errors}
+    assert models == {"ErrorBody", "InvalidRequest", "Readiness"}, errors
+    assert all(model == "InvalidRequest" for *_, status, model in errors if status == "422")
+    assert ("POST", "/v1/matte", "415", "ErrorBody") in errors
+    body = spec["components"]["schemas"]["ErrorBody"]
+    assert missing.status_code == 404
+    assert set(missing.json()) == set(body["properties"]) == {"detail"}
+    assert isinstance(missing.json()["detail"], str)
+    for refused in (bad_form, bad_ratio):
+        assert refused.status_code == 422, refused.text
+        (problem,) = refused.json()["detail"]
+        assert {"loc", "msg", "type"} <= set(problem)
 
 
 def test_models_lists_fp32(server: RunningServer) -> None:
