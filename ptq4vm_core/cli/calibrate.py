@@ -10,14 +10,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ptq4vm_core.artifact import save_artifact
-from ptq4vm_core.assets import weights_path
+from ptq4vm_core.assets import sample_clip_path, weights_path
 from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
 from ptq4vm_core.calib.progress import ProgressEvent
+from ptq4vm_core.calib.synthetic import build_synthetic_clips
 from ptq4vm_core.cli.common import console, user_errors
+from ptq4vm_core.engine import FP32, load_engine
 from ptq4vm_core.model import load_rvm_from_onnx
 from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, rvm_policy
+from ptq4vm_core.paths import cache_root
 from ptq4vm_core.quant.spec import Bits
 
 BITS = tuple(b.value for b in Bits)
@@ -49,6 +52,15 @@ def calibrate_command(
             "docs/quantization.md)."
         ),
     ] = "",
+    synthetic_backgrounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Add N labelled clips made from the sample clip: the FP32 model's foreground "
+            "and alpha over N synthesized moving backgrounds (textures, clutter, lights; never "
+            "the evaluation backgrounds), cached under $PTQ4VM_HOME/cache/synthetic.",
+        ),
+    ] = 0,
 ) -> None:
     """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
     with user_errors():
@@ -77,6 +89,11 @@ def calibrate_command(
         floats = presets.get(names, names)
         rvm_policy(bits, float_inputs=floats)  # refuse unknown names before the long work
         prof = PROFILES[profile]
+        if synthetic_backgrounds:
+            clips += build_synthetic_clips(
+                load_engine(FP32), sample_clip_path(), cache_root() / "cache" / "synthetic",
+                synthetic_backgrounds, seed=seed,
+            )  # fmt: skip
         data = build_calibration_set(
             clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side, seed=seed
         )

@@ -8,7 +8,7 @@ temporal metrics (dtSSD) see real motion behind the subject.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -52,13 +52,28 @@ def write_eval_clip(
 ) -> int:
     """Write out_dir/com/NNNN.png (composites) and out_dir/pha/NNNN.png (alpha); returns the
     frame count. foregrounds [H,W,3] uint8 RGB, alphas [H,W] uint8, paired frame by frame."""
+
+    def frame(index: int, width: int, height: int) -> NDArray[np.uint8]:
+        return moving_background(background, index, width, height)
+
+    return write_composite_clip(out_dir, foregrounds, alphas, frame)
+
+
+def write_composite_clip(
+    out_dir: Path,
+    foregrounds: Iterable[NDArray[np.uint8]],
+    alphas: Iterable[NDArray[np.uint8]],
+    background: Callable[[int, int, int], NDArray[np.uint8]],
+) -> int:
+    """As `write_eval_clip`, over any moving background: `background(index, width, height)`
+    gives frame `index` [H,W,3] uint8 RGB."""
     com, pha = out_dir / "com", out_dir / "pha"
     com.mkdir(parents=True, exist_ok=True)
     pha.mkdir(parents=True, exist_ok=True)
     count = 0
     for index, (fgr, alpha) in enumerate(zip(foregrounds, alphas, strict=True)):
         height, width = alpha.shape
-        bg = moving_background(background, index, width, height)
+        bg = background(index, width, height)
         image = composite(fgr, alpha, bg)
         cv2.imwrite(str(com / f"{index:04d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(pha / f"{index:04d}.png"), alpha)
