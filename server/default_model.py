@@ -84,16 +84,15 @@ class DefaultModelBuilder:
 
     def maybe_start(self) -> bool:
         """Start the build when it is wanted: switched on, no --model, an empty registry."""
-        root = self._registry.root
+        s, root = self._settings, self._registry.root
         if root.is_dir():
             for stale in root.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        s = self._settings
+        files = s.home / FILES_DIR  # a SIGKILLed server's is stale
+        shutil.rmtree(files, ignore_errors=True)
         if not s.build_default or s.model is not None or self._registry.version_names():
             return False
         out = s.models_dir / f"{STAGING_PREFIX}{os.getpid()}-{int(time.time())}"
-        files = s.home / FILES_DIR
-        shutil.rmtree(files, ignore_errors=True)
         spec = WorkerSpec(
             clips=[ClipSpec(video=sample_clip_path(s.home))],
             bits=Bits.W8A8,
