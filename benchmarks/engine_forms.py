@@ -35,7 +35,6 @@ from ptq4vm_core.engine.export import (
     OPENVINO_FORM,
     ORT_FORM,
     GraphForm,
-    RangeCalibration,
     build_form,
 )
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, openvino_version
@@ -97,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         graphs: dict[str, tuple[Path, Path]] = {}
         for label, form in variants().items():
-            general, full, _ = build_form(verified, form, RangeCalibration())
+            general, full = build_form(verified, form)
             paths = (Path(tmp) / f"{form.name}.onnx", Path(tmp) / f"{form.name}-ds1.onnx")
             onnx.save(general, str(paths[0]))
             onnx.save(full, str(paths[1]))

@@ -5,7 +5,9 @@ Per quantized layer `n` (its qualified module name): `n.weight_q` (integer weigh
 `n.weight_zero_point` int32 (same shape), `n.bias` float32 [C_out] when the conv has one, and
 when its input is quantized `n.act_scale` float32 [1] and `n.act_zero_point` int32 [1].
 Per quantized activation site `n` (a tensor the model marks for quantization that feeds no conv
-directly, e.g. RVM's GRU state): `n.act_scale` and `n.act_zero_point` alike.
+directly, e.g. RVM's GRU state; a conv's output grid `<conv>.out_site`; one part of a conv's
+input `<conv>.in_parts.<k>`): `n.act_scale` and `n.act_zero_point` alike. A conv whose input is
+quantized part by part has no `act_scale` of its own.
 Every other entry of the model's state dict (the layers the policy keeps in float) is stored
 under its own state-dict key, as is.
 """
@@ -65,18 +67,22 @@ class Architecture:
     convs: dict[str, ConvShape]
     sites: tuple[str, ...]
     state: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    order: tuple[str, ...] = ()  # the convs and sites together, in registration order
 
     def quantized(self, policy: QuantPolicy) -> list[str]:
         """The convs `policy` quantizes, in registration order."""
         return [name for name in self.convs if policy.for_layer(name) is not None]
 
     def quantized_sites(self, policy: QuantPolicy) -> list[str]:
-        """The activation sites `policy` quantizes (those whose policy has an activation spec),
-        as `quantize_model` decides it."""
+        """The activation sites `policy` quantizes, as `quantize_model` decides it: the sites
+        the model marks (whose policy has an activation spec) and each quantized conv's
+        input parts and output grid (`QuantPolicy.conv_sites`), in registration order (the
+        order `named_modules` gives the quantized model)."""
         out = []
-        for name in self.sites:
-            layer = policy.for_layer(name)
-            if layer is not None and layer.activation is not None:
+        for name in self.order:
+            if name in self.convs:
+                out += policy.conv_sites(name)
+            elif policy.site_spec(name) is not None:
                 out.append(name)
         return out
 
@@ -106,7 +112,8 @@ def architecture(model: str) -> Architecture:
     }
     sites = tuple(name for name, m in net.named_modules() if isinstance(m, ActivationSite))
     state = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
-    return Architecture(convs, sites, state)
+    order = tuple(name for name, _ in net.named_modules() if name in convs or name in sites)
+    return Architecture(convs, sites, state, order)
 
 
 def layer_tensor_names(layer: str, *, bias: bool, act: bool) -> list[str]:

@@ -197,7 +197,8 @@ class Manifest(BaseModel):
             layer = self.policy.for_layer(name)
             if layer is None:
                 raise ValueError(f"layer {name!r} is in the table but the policy keeps it in float")
-            act_bits = None if layer.activation is None else layer.activation.bits
+            input_spec = self.policy.input_spec(name)
+            act_bits = None if input_spec is None else input_spec.bits
             table = (entry.weight_bits, entry.act_bits, entry.storage)
             policy = (layer.weight.bits, act_bits, storage_for(layer.weight))
             if table != policy:
@@ -207,13 +208,12 @@ class Manifest(BaseModel):
                     f"{policy[0]}, {policy[1]}, {policy[2].value}"
                 )
         for name, site in self.sites.items():
-            layer = self.policy.for_layer(name)
-            if layer is None or layer.activation is None:
+            spec = self.policy.site_spec(name)
+            if spec is None:
                 raise ValueError(f"site {name!r} is in the table but the policy keeps it in float")
-            if site.act_bits != layer.activation.bits:
+            if site.act_bits != spec.bits:
                 raise ValueError(
-                    f"site {name!r}: the table says {site.act_bits} bits, the policy "
-                    f"{layer.activation.bits}"
+                    f"site {name!r}: the table says {site.act_bits} bits, the policy {spec.bits}"
                 )
         names = [set(self.layers), set(self.sites), set(self.float_tensors)]
         both = sorted((names[0] & names[1]) | (names[0] | names[1]) & names[2])

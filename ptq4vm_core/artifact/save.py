@@ -198,16 +198,16 @@ def _site_tensors(
     tensors: dict[str, Tensor] = {}
     table: dict[str, SiteEntry] = {}
     for name in expected:
-        layer = policy.for_layer(name)
+        spec = policy.site_spec(name)
         act = sites[name].act_quantizer
-        if layer is None or layer.activation is None or act.spec != layer.activation:
+        if spec is None or act.spec != spec:
             raise ArtifactError(
                 f"{out}: activation site {name!r} is quantized as {act.spec}, the policy says "
-                f"{None if layer is None else layer.activation}"
+                f"{spec}"
             )
         site_tensors = _activation_tensors(name, act, out)
         tensors.update({f"{name}.{k}": v for k, v in site_tensors.items()})
-        table[name] = SiteEntry(act_bits=layer.activation.bits)
+        table[name] = SiteEntry(act_bits=spec.bits)
     return tensors, table
 
 
@@ -246,10 +246,11 @@ def collect_tensors(model: nn.Module, policy: QuantPolicy, out: Path) -> Collect
             )
         conv = arch.convs[name]
         storage = storage_for(layer_policy.weight)
+        input_spec = policy.input_spec(name)
         tensors.update(_layer_tensors(name, layer, out))
         table[name] = LayerEntry(
             weight_bits=layer_policy.weight.bits,
-            act_bits=None if layer_policy.activation is None else layer_policy.activation.bits,
+            act_bits=None if input_spec is None else input_spec.bits,
             weight_shape=conv.weight_shape,
             storage=storage,
             packed=storage.packed,

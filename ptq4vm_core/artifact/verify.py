@@ -221,8 +221,9 @@ def _check_layer(name: str, manifest: Manifest, tensors: dict[str, Tensor]) -> T
         _expect(bias, torch.float32, (c_out,), BIAS)
         if not torch.isfinite(bias).all():
             raise ValueError(f"{BIAS} has NaN or inf values")
-    if layer.activation is not None:
-        _check_activation(name, layer.activation, tensors)
+    input_spec = manifest.policy.input_spec(name)
+    if input_spec is not None:
+        _check_activation(name, input_spec, tensors)
     return q
 
 
@@ -242,11 +243,11 @@ def _check_values(manifest: Manifest, tensors: dict[str, Tensor], file: Path) ->
         except ValueError as exc:
             raise ArtifactError(f"{file}: layer {name!r}: {exc}") from exc
     for name in manifest.sites:
-        layer = manifest.policy.for_layer(name)
+        spec = manifest.policy.site_spec(name)
         try:
-            if layer is None or layer.activation is None:  # excluded by the manifest's validation
+            if spec is None:  # excluded by the manifest's validation
                 raise ValueError("the policy keeps this site in float")
-            _check_activation(name, layer.activation, tensors)
+            _check_activation(name, spec, tensors)
         except ValueError as exc:
             raise ArtifactError(f"{file}: activation site {name!r}: {exc}") from exc
     for key, entry in manifest.float_tensors.items():

@@ -26,7 +26,6 @@ from ptq4vm_core.engine.export import (
     GRAPH_FILES,
     REPORT,
     ExportedGraphs,
-    RangeCalibration,
     export_artifact,
 )
 from ptq4vm_core.paths import cache_root
@@ -37,13 +36,9 @@ ENGINES_DIR = "engines"
 OPTIMIZED_DIR = "optimized"
 
 
-def export_key(artifact: Path, calibration: RangeCalibration) -> str:
+def export_key(artifact: Path) -> str:
     manifest = read_manifest(artifact)
-    identity = {
-        "tensors_sha256": manifest.files[TENSORS_FILE],
-        "export_version": EXPORT_VERSION,
-        "calibration_frames": calibration.frames,
-    }
+    identity = {"tensors_sha256": manifest.files[TENSORS_FILE], "export_version": EXPORT_VERSION}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{manifest.bits}-{digest[:24]}"
 
@@ -53,14 +48,12 @@ def cached_export(
     *,
     root: Path | None = None,
     cache: Path | None = None,
-    calibration: RangeCalibration | None = None,
 ) -> ExportedGraphs:
     """The export of `artifact`, made now if the cache has none for its current content.
     `root`: the cache root (weights, sample clip); `cache`: where exports are kept (default
     `<root>/engines`)."""
-    calibration = calibration or RangeCalibration()
     engines = cache or (root or cache_root()) / ENGINES_DIR
-    key = export_key(Path(artifact), calibration)
+    key = export_key(Path(artifact))
     directory = engines / key
     engines.mkdir(parents=True, exist_ok=True)
     with (engines / f".{key}.lock").open("a") as lock:
@@ -70,7 +63,7 @@ def cached_export(
             if directory.exists():  # an incomplete or foreign directory: replace it
                 _remove(directory)
             logger.info("exporting %s to the int8 graph (once per artifact content)", artifact)
-            return export_artifact(Path(artifact), directory, calibration, root=root)
+            return export_artifact(Path(artifact), directory, root=root)
     return ExportedGraphs(directory, directory / GENERAL, directory / FULL_RESOLUTION, report)
 
 

@@ -6,18 +6,20 @@ that keep its float function (`rvm_graph`). Opset 17; inputs src, r1i..r4i, down
 and outputs fgr, pha, r1o..r4o as in the published model.
 
 What runs in integer (after ONNX Runtime fuses the Q/DQ pairs):
-  every quantized conv except the stem and the refiner's box filter: uint8 activations x int8
-  weights with int32 accumulation (QLinearConv; the 3x3 convs of the decoder and output block
-  included), its ReLU folded into the requantization; the decoder's crop and concatenation of
-  upsampled features, skip features and image pyramid (uint8 Slice/QLinearConcat).
+  every quantized conv with one input grid except the stem and the refiner's box filter: uint8
+  activations x int8 weights with int32 accumulation (QLinearConv), its ReLU folded into the
+  requantization. The convs the artifact quantizes part by part (a concatenation's inputs on
+  their own grids: the decoder's and GRUs' convs, the refiner's first) run on ONNX Runtime as
+  float convs on the dequantized int8 operands (QLinearConv takes one input grid) and on
+  OpenVINO as one int8 conv per part (`openvino_graph.split_concat_convs`).
 What runs in float:
   the stem conv and the box filter (as float convs on the dequantized int8 operands, see
   `qdq.FLOAT_OUTPUT_LAYERS`), all resizes (the runtime has no 8-bit bilinear resize), the image
   pyramid, hard-swish, SE gates, sigmoid/tanh and the GRU state update, the residual adds, the
   guided filter's statistics, and the whole full-resolution tail (upsampling A and b, A*x + b,
-  clipping). Float is what the simulation computes there too; the only grids that the
-  simulation does not have are the 8-bit grids on conv outputs that feed float ops
-  (`qdq.OutputPoint`), calibrated MinMax on the sample clip at export time.
+  clipping). Float is what the simulation computes there too. Every grid of the graph is one
+  of the artifact's (conv inputs and input parts, conv outputs, GRU states): the exporter
+  observes nothing.
 
 Two graphs are written per artifact: the general one and one specialised for downsample
 ratio 1 (identity resizes removed); see `rvm_graph`.
@@ -43,15 +45,13 @@ from onnx import helper
 from ptq4vm_core.artifact.layout import MODEL_NAME, architecture
 from ptq4vm_core.artifact.manifest import TENSORS_FILE
 from ptq4vm_core.artifact.verify import Verified, verify
-from ptq4vm_core.assets import RVM_WEIGHTS, sample_clip_path, weights_path
+from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
 from ptq4vm_core.engine import openvino_graph, qdq, rvm_graph
-from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.graph import GraphEditor
-from ptq4vm_core.io.video import iter_frames
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2  # bump when the exported graph changes for the same artifact
+EXPORT_VERSION = 3  # bump when the exported graph changes for the same artifact
 GENERAL = "rvm-int8.onnx"
 FULL_RESOLUTION = "rvm-int8-ds1.onnx"
 # The same quantized function in the form OpenVINO runs fastest (`openvino_graph`).
@@ -80,14 +80,6 @@ OPENVINO_FORM = GraphForm(
 )
 REPORT = "export.json"
 STATE_ZERO = np.zeros((1, 1, 1, 1), np.float32)
-
-
-@dataclass(frozen=True)
-class RangeCalibration:
-    """How the added output grids are observed: the first `frames` frames of the sample clip
-    at its own size (176x144), downsample ratio 1, state carried."""
-
-    frames: int = 48
 
 
 @dataclass(frozen=True)
@@ -133,13 +125,12 @@ def build_graph(
     verified: Verified,
     *,
     full_resolution: bool = False,
-    ranges: dict[str, tuple[float, float]] | None = None,
     root: Path | None = None,
     form: GraphForm = ORT_FORM,
-) -> tuple[onnx.ModelProto, list[qdq.OutputPoint]]:
-    """The QDQ graph of a verified artifact and its output points. Without `ranges` the
-    points stay float (the graph then computes what the simulation does, on float kernels);
-    with them each point gets its 8-bit grid. `root`: the cache root holding the weights."""
+) -> onnx.ModelProto:
+    """The QDQ graph of a verified artifact: its grids, nothing observed. Raises ExportError
+    when the int8 kernels would need a grid the artifact does not carry. `root`: the cache
+    root holding the weights."""
     manifest = verified.manifest
     if manifest.model != MODEL_NAME:
         raise qdq.ExportError(f"the exporter knows {MODEL_NAME!r}, not {manifest.model!r}")
@@ -151,9 +142,7 @@ def build_graph(
     editor, sites = rewritten_graph(full_resolution=full_resolution, root=root, form=form)
     ordered = list(sites.values())
     qdq.quantize_convs(editor, ordered, verified)
-    points = qdq.output_points(editor, ordered, verified)
-    if ranges is not None:
-        qdq.requantize_outputs(editor, points, ranges)
+    qdq.require_grids(qdq.output_points(editor, ordered, verified))
     if form.split_concat_convs:
         openvino_graph.split_concat_convs(editor, ratio=1.0 if full_resolution else 0.5)
     if form.hard_sigmoid_as_clip:
@@ -172,78 +161,26 @@ def build_graph(
         },
     )
     onnx.checker.check_model(model)
-    return model, points
+    return model
 
 
 def build_form(
-    verified: Verified,
-    form: GraphForm,
-    calibration: RangeCalibration,
-    root: Path | None = None,
-) -> tuple[onnx.ModelProto, onnx.ModelProto, list[qdq.OutputPoint]]:
-    """The general and ratio-1 graphs of `form`, their output grids observed on the form's
-    own float graph (the same conv outputs as every form but for merged box filters, which
-    keep float outputs anyway)."""
-    float_points, points = build_graph(verified, root=root, form=form)
-    ranges = observe_ranges(float_points, points, calibration, root)
-    general, _ = build_graph(verified, ranges=ranges, root=root, form=form)
-    full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root, form=form)
-    return general, full, points
+    verified: Verified, form: GraphForm, root: Path | None = None
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The general and ratio-1 graphs of `form`."""
+    general = build_graph(verified, root=root, form=form)
+    return general, build_graph(verified, full_resolution=True, root=root, form=form)
 
 
-def observe_ranges(
-    model: onnx.ModelProto,
-    points: list[qdq.OutputPoint],
-    calibration: RangeCalibration,
-    root: Path | None = None,
-) -> dict[str, tuple[float, float]]:
-    """Min and max of every point's tensor over the calibration frames."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for point in points:
-        probe.graph.output.append(
-            helper.make_tensor_value_info(point.tensor, onnx.TensorProto.FLOAT, None)
-        )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    ranges = {p.tensor: (np.inf, -np.inf) for p in points}
-    state = [STATE_ZERO] * 4
-    frames = iter_frames(sample_clip_path(root))
-    for _, frame in zip(range(calibration.frames), frames, strict=False):
-        feeds = {"src": frames_to_batch([frame]), "downsample_ratio": np.ones(1, np.float32)}
-        feeds.update({f"r{k}i": state[k - 1] for k in range(1, 5)})
-        values = dict(zip(names, session.run(None, feeds), strict=True))
-        state = [values[f"r{k}o"] for k in range(1, 5)]
-        for tensor, (lo, hi) in ranges.items():
-            x = values[tensor]
-            ranges[tensor] = (min(lo, float(x.min())), max(hi, float(x.max())))
-    return ranges
-
-
-def export_artifact(
-    artifact: Path,
-    out_dir: Path,
-    calibration: RangeCalibration | None = None,
-    *,
-    root: Path | None = None,
-) -> ExportedGraphs:
-    """Writes both graphs and `export.json` into `out_dir` (created; must not exist), through a
+def export_artifact(artifact: Path, out_dir: Path, *, root: Path | None = None) -> ExportedGraphs:
+    """Writes the graphs and `export.json` into `out_dir` (created; must not exist), through a
     temporary directory renamed into place, so a reader sees a complete export or none."""
     started = time.monotonic()
-    calibration = calibration or RangeCalibration()
     verified = verify(Path(artifact))
-    float_points, points = build_graph(verified, root=root)
-    ranges = observe_ranges(float_points, points, calibration, root)
-    general, _ = build_graph(verified, ranges=ranges, root=root)
-    full, _ = build_graph(verified, full_resolution=True, ranges=ranges, root=root)
-    # OpenVINO's form has the same conv outputs (names included) but for the box filters,
-    # which keep float outputs in both; its points are observed on its own float graph.
-    ov_general, ov_full, ov_points = build_form(verified, OPENVINO_FORM, calibration, root)
+    general, full = build_form(verified, ORT_FORM, root)
+    ov_general, ov_full = build_form(verified, OPENVINO_FORM, root)
     manifest = verified.manifest
+    quantize_nodes = sum(node.op_type == "QuantizeLinear" for node in ov_general.graph.node)
     report = {
         "export_version": EXPORT_VERSION,
         "artifact": manifest.version_name,
@@ -251,13 +188,9 @@ def export_artifact(
         "tensors_sha256": manifest.files[TENSORS_FILE],
         "onnxruntime": ort.__version__,
         "opset": rvm_graph.OPSET,
-        "calibration": {"clip": "sample", "frames": calibration.frames, "ratio": 1.0},
         "float_output_layers": qdq.FLOAT_OUTPUT_LAYERS,
-        "openvino_output_grids": len(ov_points),
-        "output_grids": {
-            p.tensor: {"layer": p.layer, "min": ranges[p.tensor][0], "max": ranges[p.tensor][1]}
-            for p in points
-        },
+        "output_grids": sorted(n for n in manifest.sites if n.endswith(qdq.OUT_SITE_SUFFIX)),
+        "openvino_quantize_nodes": quantize_nodes,
         "seconds": round(time.monotonic() - started, 2),
     }
     out_dir = Path(out_dir)
@@ -274,8 +207,8 @@ def export_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info(
-        "exported %s (%s) to %s in %.1f s: %d added output grids",
-        manifest.version_name, manifest.bits, out_dir, report["seconds"], len(points),
+        "exported %s (%s) to %s in %.1f s",
+        manifest.version_name, manifest.bits, out_dir, report["seconds"],
     )  # fmt: skip
     return ExportedGraphs(out_dir, out_dir / GENERAL, out_dir / FULL_RESOLUTION, report)
 

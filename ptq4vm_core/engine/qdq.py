@@ -14,12 +14,20 @@ What the artifact calibrated, carried exactly:
 * biases: int32 at scale s_x * s_w (what a QLinearConv adds to its int32 accumulator),
   rounded to nearest: at most half an accumulator step from the float bias.
 
+* each part of a conv over a concatenation that the artifact quantizes part by part
+  (`<conv>.in_parts.<k>`): the pair on that Concat input, the part's own grid; such a conv
+  has a float bias (no single input scale), and OpenVINO's form splits it into one int8 conv
+  per part (`openvino_graph.split_concat_convs`);
+* each conv output grid (`<conv>.out_site`): the pair on the conv's output, or on the ReLU
+  that follows it when the grid sits after the ReLU.
+
 What the int8 kernels need beyond that: a QLinearConv writes uint8, so the output of each
-int8 conv must be quantized too. Where the conv's output goes (through an optional ReLU whose
-zero point is 0) straight into one quantized input, that input's grid is the output grid and
-nothing changes. Elsewhere (residual sums, hard-swish, gates, splits) the artifact keeps the
-output in float; the exporter adds an 8-bit grid there whose range is observed on the sample
-clip (`OutputPoint`), except for the layers in `FLOAT_OUTPUT_LAYERS`, which stay float convs.
+int8 conv must be on a grid. Where the conv's output goes (through an optional ReLU whose
+zero point is 0) straight into one quantized input, that input's grid is the output grid.
+Everywhere else (residual sums, hard-swish, gates, splits) the artifact's policy carries an
+output grid, learned by calibration like every other: the exporter observes nothing, and a
+conv output that would need a grid the artifact lacks is an `ExportError`. The layers in
+`FLOAT_OUTPUT_LAYERS` stay float convs.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from torch import Tensor
 from ptq4vm_core.artifact.layout import ACT_SCALE, ACT_ZERO_POINT, BIAS, WEIGHT_SCALE
 from ptq4vm_core.artifact.layout import WEIGHT_ZERO_POINT as WEIGHT_ZP
 from ptq4vm_core.artifact.verify import Verified
-from ptq4vm_core.engine.graph import GraphEditor, GraphError
+from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.engine.rvm_graph import ConvSite
 
 UINT8_MAX = 255
@@ -87,6 +95,10 @@ class OutputPoint:
 
     tensor: str
     layer: str
+
+
+OUT_SITE_SUFFIX = ".out_site"
+PARTS_INFIX = ".in_parts."
 
 
 class QdqWriter:
@@ -148,7 +160,8 @@ def _int_weight(site: ConvSite, q: Tensor) -> np.ndarray:
 
 
 def quantize_convs(editor: GraphEditor, sites: list[ConvSite], verified: Verified) -> QdqWriter:
-    """Weights, biases and input activations of every quantized layer, and the GRU sites."""
+    """Weights, biases, input activations (whole or part by part) and output grids of every
+    quantized layer, and the model's own activation sites (the GRU states)."""
     manifest = verified.manifest
     writer = QdqWriter(editor)
     for site in sites:
@@ -176,6 +189,9 @@ def quantize_convs(editor: GraphEditor, sites: list[ConvSite], verified: Verifie
         if entry.act_bits is not None:
             grid = act_grid(verified, site.layer, entry.act_bits)
             _quantize_input(writer, conv, grid)
+        parts = [n for n in manifest.sites if n.startswith(site.layer + PARTS_INFIX)]
+        if parts:
+            _quantize_parts(writer, conv, [_site_grid(verified, n) for n in sorted(parts)])
         if entry.bias:
             bias = np.tile(t[f"{site.layer}.{BIAS}"].numpy().astype(np.float32), site.tile)
             # A float conv adds the float bias, as the simulation does; an int8 one needs it
@@ -184,10 +200,50 @@ def quantize_convs(editor: GraphEditor, sites: list[ConvSite], verified: Verifie
             if grid is not None and site.layer not in FLOAT_OUTPUT_LAYERS:
                 scale = np.float32(grid.scale) * w_scale
             _set_bias(editor, conv, bias, scale)
-    for name, site_entry in manifest.sites.items():
-        state = _site_input(name)
-        writer.insert(state, act_grid(verified, name, site_entry.act_bits))
+        out_site = site.layer + OUT_SITE_SUFFIX
+        if out_site in manifest.sites:
+            after_relu = manifest.policy.outputs[site.layer].after_relu
+            _quantize_output(writer, site, _site_grid(verified, out_site), after_relu)
+    for name in manifest.sites:
+        if name.endswith(OUT_SITE_SUFFIX) or PARTS_INFIX in name:
+            continue
+        writer.insert(_site_input(name), _site_grid(verified, name))
     return writer
+
+
+def _site_grid(verified: Verified, name: str) -> ActGrid:
+    return act_grid(verified, name, verified.manifest.sites[name].act_bits)
+
+
+def _quantize_parts(writer: QdqWriter, conv: onnx.NodeProto, grids: list[ActGrid]) -> None:
+    """QDQ on each input of the Concat the conv reads, each with its part's grid; a padding
+    input that repeats the last part (`rvm_graph.pad_concat_conv`) takes the last grid."""
+    editor = writer.editor
+    concat = editor.producer(conv.input[0])
+    if concat is None or concat.op_type != "Concat" or len(editor.consumers(conv.input[0])) != 1:
+        raise ExportError(f"{conv.name}: quantized part by part, but it reads no Concat of its own")
+    inputs = list(concat.input)
+    if not len(grids) <= len(inputs) <= len(grids) + 1:
+        raise ExportError(
+            f"{conv.name}: the artifact has {len(grids)} input parts, the graph concatenates "
+            f"{len(inputs)} tensors"
+        )
+    for k, part in enumerate(inputs):
+        writer.insert(part, grids[min(k, len(grids) - 1)], [concat])
+
+
+def _quantize_output(writer: QdqWriter, site: ConvSite, grid: ActGrid, after_relu: bool) -> None:
+    """QDQ on the conv's output, or on its ReLU's when the artifact puts the grid there."""
+    editor = writer.editor
+    y = site.node.output[0]
+    consumers = editor.consumers(y)
+    if after_relu:
+        if len(consumers) != 1 or consumers[0].op_type != "Relu":
+            raise ExportError(
+                f"{site.layer}: the artifact's output grid follows a ReLU the graph lacks"
+            )
+        y = consumers[0].output[0]
+    writer.insert(y, grid)
 
 
 def _site_input(site: str) -> str:
@@ -242,13 +298,17 @@ def _set_input(node: onnx.NodeProto, index: int, name: str) -> None:
 def output_points(
     editor: GraphEditor, sites: list[ConvSite], verified: Verified
 ) -> list[OutputPoint]:
-    """The conv outputs that need their own grid for the int8 kernels; the outputs that flow
-    into one quantized input get that input's grid here (exact)."""
+    """The conv outputs the int8 kernels would need a grid for and that have none (after
+    `quantize_convs`: every such output should carry the artifact's grid, so this is empty).
+    An output that flows into one quantized b-bit input (b < 8) gets that input's grid at 8
+    bits here (the conv writes the consumer's codes; the Clip stays after them)."""
     writer = QdqWriter(editor)
     points = []
     for site in sites:
         entry = verified.manifest.layers.get(site.layer)
-        if entry is None or entry.act_bits is None or site.layer in FLOAT_OUTPUT_LAYERS:
+        if entry is None or site.layer in FLOAT_OUTPUT_LAYERS:
+            continue
+        if entry.act_bits is None and not _has_parts(verified, site.layer):
             continue
         y = site.node.output[0]
         consumers = editor.consumers(y)
@@ -256,11 +316,15 @@ def output_points(
         tensor = relu.output[0] if relu is not None else y
         grid = _consumer_grid(editor, tensor)
         if grid is not None and (relu is None or grid.zero_point == 0):
-            if grid.bits < 8:  # the conv writes the consumer's codes; the Clip stays after them
+            if grid.bits < 8:
                 writer.insert(tensor, ActGrid(grid.scale, grid.zero_point, 8))
             continue
         points.append(OutputPoint(tensor, site.layer))
     return points
+
+
+def _has_parts(verified: Verified, layer: str) -> bool:
+    return any(n.startswith(layer + PARTS_INFIX) for n in verified.manifest.sites)
 
 
 def _consumer_grid(editor: GraphEditor, tensor: str) -> ActGrid | None:
@@ -285,16 +349,12 @@ def _consumer_grid(editor: GraphEditor, tensor: str) -> ActGrid | None:
     return ActGrid(float(editor.array(node.input[1])), int(editor.array(node.input[2])), bits)
 
 
-def requantize_outputs(
-    editor: GraphEditor, points: list[OutputPoint], ranges: dict[str, tuple[float, float]]
-) -> dict[str, ActGrid]:
-    """A Q/DQ pair with the observed MinMax grid on each point; returns the grids."""
-    writer = QdqWriter(editor)
-    grids = {}
-    for point in points:
-        if point.tensor not in ranges:
-            raise GraphError(f"no observed range for {point.tensor!r} ({point.layer})")
-        grid = ActGrid.from_range(*ranges[point.tensor])
-        writer.insert(point.tensor, grid)
-        grids[point.tensor] = grid
-    return grids
+def require_grids(points: list[OutputPoint]) -> None:
+    """Refuses a graph whose int8 kernels need grids the artifact does not carry."""
+    if points:
+        names = ", ".join(sorted(p.layer for p in points))
+        raise ExportError(
+            f"the artifact has no output grid for {len(points)} conv outputs the int8 graph "
+            f"requantizes ({names}); the exporter observes none: recalibrate with a policy "
+            "that has them (model.recipe.output_grids)"
+        )

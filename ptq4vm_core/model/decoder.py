@@ -66,6 +66,7 @@ class UpsamplingBlock(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = conv3x3(in_channels + skip_channels + 3, out_channels)
+        self.conv_parts = (in_channels, skip_channels, 3)  # what `conv` concatenates
         self.gru = ConvGRU(out_channels // 2)
 
     def forward(
@@ -83,6 +84,7 @@ class OutputBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels + 3, out_channels)
+        self.conv1_parts = (in_channels, 3)  # what `conv1` concatenates
         self.conv2 = conv3x3(out_channels, out_channels)
 
     def forward(self, x: Tensor, src: Tensor) -> Tensor:

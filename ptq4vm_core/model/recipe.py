@@ -14,8 +14,19 @@ from functools import cache
 import torch
 from torch import nn
 
+from ptq4vm_core.model.decoder import ConvGRU, OutputBlock, UpsamplingBlock
+from ptq4vm_core.model.lraspp import LRASPP
 from ptq4vm_core.model.matting import MattingNetwork
-from ptq4vm_core.quant.spec import LayerPolicy, QuantPolicy, parse_bits, weight_spec
+from ptq4vm_core.model.mobilenetv3 import ConvAct, InvertedResidual, SqueezeExcitation
+from ptq4vm_core.model.refiner import DeepGuidedFilterRefiner
+from ptq4vm_core.quant.spec import (
+    LayerPolicy,
+    OutputGrid,
+    QuantPolicy,
+    activation_spec,
+    parse_bits,
+    weight_spec,
+)
 
 MODEL_NAME = "rvm_mobilenetv3"
 # The models an artifact may name (its manifest's `model`), each built weightless by its class.
@@ -55,17 +66,104 @@ def conv_names() -> tuple[str, ...]:
     return tuple(name for name, m in net.named_modules() if isinstance(m, nn.Conv2d))
 
 
+# The output grids are 8-bit at every bit configuration: what an int8 kernel writes.
+OUTPUT_BITS = 8
+
+
+def _convact_grids(prefix: str, block: InvertedResidual) -> dict[str, bool]:
+    """Within an inverted residual: every hard-swish conv (the activation runs in float on the
+    requantized output), the projection (read by the residual add, a skip tap or two convs of
+    the next block), a ReLU conv whose output the SE block pools and multiplies, and the SE
+    gate's second conv (read by the hard-sigmoid)."""
+    grids = {}
+    modules = list(block.block)
+    for j, m in enumerate(modules):
+        name = f"{prefix}.block.{j}"
+        after = modules[j + 1] if j + 1 < len(modules) else None
+        if isinstance(m, SqueezeExcitation):
+            grids[f"{name}.fc2"] = False
+        elif isinstance(m, ConvAct):
+            act = m[1] if len(m) > 1 else None
+            if isinstance(act, nn.Hardswish) or act is None:
+                grids[f"{name}.0"] = False
+            elif isinstance(after, SqueezeExcitation):
+                grids[f"{name}.0"] = True
+    return grids
+
+
+@cache
+def output_grids() -> dict[str, bool]:
+    """The convs whose outputs the deployed graph requantizes, with whether the grid sits
+    after the conv's ReLU: every conv whose output does not go (through an optional ReLU) into
+    exactly one quantized conv input, which would carry the grid itself. Exceptions: the stem
+    and the refiner's box filter keep float outputs (their outputs span ranges that one 8-bit
+    grid loses, see engine/qdq.py). The exporter refuses a graph point that is not here."""
+    with torch.device("meta"):
+        net = MattingNetwork()
+    grids: dict[str, bool] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, InvertedResidual):
+            grids.update(_convact_grids(name, m))
+        elif isinstance(m, ConvAct) and name not in FIRST_LAYERS_BLOCKS:
+            if len(m) > 1 and isinstance(m[1], nn.Hardswish):
+                grids[f"{name}.0"] = False  # the encoder's last 1x1 conv
+        elif isinstance(m, LRASPP):
+            grids[f"{name}.aspp1"] = True  # relu(aspp1) * gate
+            grids[f"{name}.aspp2"] = False  # sigmoid
+        elif isinstance(m, ConvGRU):
+            grids[f"{name}.ih"] = False  # sigmoid
+            grids[f"{name}.hh"] = False  # tanh
+        elif isinstance(m, UpsamplingBlock):
+            grids[f"{name}.conv"] = True  # split: half to the GRU, half passed on
+        elif isinstance(m, OutputBlock):
+            grids[f"{name}.conv2"] = True  # the projection and the refiner read it
+    for name in LAST_LAYERS:
+        grids[name] = False  # float arithmetic follows (alpha, the guided filter's A)
+    return grids
+
+
+# The stem's ConvAct (features.0): its output stays float.
+FIRST_LAYERS_BLOCKS = tuple(name.rpartition(".")[0] for name in FIRST_LAYERS)
+
+
+@cache
+def input_parts() -> dict[str, tuple[int, ...]]:
+    """The convs over a channel concatenation, with the channels of each part: the decoder's
+    upsampled features, skip features and image; the GRU's input and state; the refiner's
+    covariances, variances and features. Their parts' ranges differ by up to 1e4, so each part
+    gets its own grid (the runtime runs one int8 conv per part, summed)."""
+    with torch.device("meta"):
+        net = MattingNetwork()
+    parts: dict[str, tuple[int, ...]] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, ConvGRU):
+            parts[f"{name}.ih"] = (m.channels, m.channels)
+            parts[f"{name}.hh"] = (m.channels, m.channels)
+        elif isinstance(m, UpsamplingBlock):
+            parts[f"{name}.conv"] = m.conv_parts
+        elif isinstance(m, OutputBlock | DeepGuidedFilterRefiner):
+            parts[f"{name}.conv1"] = m.conv1_parts
+    return parts
+
+
 def rvm_policy(
-    bits: str, *, first_last_8bit: bool = True, float_inputs: tuple[str, ...] = ()
+    bits: str,
+    *,
+    first_last_8bit: bool = True,
+    float_inputs: tuple[str, ...] = (),
+    outputs: bool = True,
+    parts: bool = True,
 ) -> QuantPolicy:
     """Every convolution quantized at `bits` ("w8a8", "w4a8", "w4a4"); the first and the last
     layers at W8A8 unless switched off, as BRECQ and QDrop do; the layers in `float_inputs`
-    with their weights quantized as that says and their input activations in float."""
+    with their weights quantized as that says and their input activations in float. With
+    `outputs`, the conv outputs the deployed graph requantizes get 8-bit grids
+    (`output_grids`); with `parts`, convs over concatenations quantize each part on its own
+    grid (`input_parts`). Both make the policy cover every integer tensor of the deployed
+    graph; switching them off is for measuring what each is worth."""
     w_bits, a_bits = parse_bits(bits)
     keep8 = (*FIRST_LAYERS, *LAST_LAYERS) if first_last_8bit else ()
     policy = QuantPolicy.from_bits(w_bits, a_bits, first_last_8bit=keep8)
-    if not float_inputs:
-        return policy
     unknown = sorted(set(float_inputs) - set(conv_names()))
     if unknown:
         raise ValueError(f"float inputs {unknown} name no convolution of {MODEL_NAME}")
@@ -73,4 +171,12 @@ def rvm_policy(
     for name in float_inputs:
         weight = overrides[name].weight if name in overrides else weight_spec(w_bits)
         overrides[name] = LayerPolicy(weight=weight, activation=None)
-    return replace(policy, overrides=overrides)
+    spec = activation_spec(OUTPUT_BITS)
+    grids = {c: OutputGrid(spec, after_relu) for c, after_relu in output_grids().items()}
+    split = {c: p for c, p in input_parts().items() if c not in float_inputs}
+    return replace(
+        policy,
+        overrides=overrides,
+        outputs=grids if outputs else {},
+        input_parts=split if parts else {},
+    )

@@ -18,6 +18,7 @@ class DeepGuidedFilterRefiner(nn.Module):
         # A fixed 3x3 mean filter per channel, stored as a depthwise convolution.
         self.box_filter = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
         self.conv1 = nn.Conv2d(4 * 2 + hidden_channels, hidden_channels, 1, bias=True)
+        self.conv1_parts = (4, 4, hidden_channels)  # cov_xy, var_x, the decoder's features
         self.conv2 = nn.Conv2d(hidden_channels, hidden_channels, 1, bias=True)
         self.conv3 = nn.Conv2d(hidden_channels, 4, 1, bias=True)
 

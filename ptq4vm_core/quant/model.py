@@ -54,7 +54,13 @@ def quantize_model(model: nn.Module, policy: QuantPolicy, p: float = 2.4) -> nn.
         n_convs += 1
         layer_policy = policy.for_layer(name)
         if layer_policy is not None:
-            replacements[id(m)] = QuantConv2d(m, layer_policy, p=p)
+            replacements[id(m)] = QuantConv2d(
+                m,
+                layer_policy,
+                p=p,
+                parts=policy.input_parts.get(name),
+                output=policy.outputs.get(name),
+            )
     n_sites = 0
     for name, m in qmodel.named_modules():
         if isinstance(m, ActivationSite):
@@ -81,7 +87,8 @@ def quant_layers(model: nn.Module) -> dict[str, QuantConv2d]:
 
 
 def activation_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantActivation]:
-    """Every module of `model` with an activation quantizer (convs and sites), by name."""
+    """Every module of `model` with an activation quantizer (convs and sites, a conv's input
+    parts and output site included), by name."""
     return {
         name: m
         for name, m in model.named_modules()

@@ -10,7 +10,8 @@ from ptq4vm_core.quant.adaround import ROUND_DOWN_ALPHA, AdaRoundQuantizer
 from ptq4vm_core.quant.affine import WeightAffine
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.quantizer import UniformQuantizer
-from ptq4vm_core.quant.spec import LayerPolicy
+from ptq4vm_core.quant.site import QuantActivation
+from ptq4vm_core.quant.spec import LayerPolicy, OutputGrid
 
 
 class QuantConv2d(nn.Module):
@@ -26,6 +27,11 @@ class QuantConv2d(nn.Module):
     All quantizers start in `QuantMode.FP`, where the layer computes exactly what the conv did;
     switch them together with `ptq4vm_core.quant.model.set_mode`.
 
+    `parts` (channel counts) quantizes the input part by part, each part on its own grid
+    (`in_parts`, one `QuantActivation` each, instead of `act_quantizer`): a conv over a
+    concatenation whose tensors have unlike ranges. `output` puts a grid on the output
+    (`out_site`; after a ReLU when `output.after_relu`, for a conv the model follows by one).
+
     `affine` (None unless GAC attached one) corrects the hard-rounded quantized weight by
     gamma and beta (see `ptq4vm_core.quant.affine`); `absorb_affine` folds it into the
     integers and scales.
@@ -34,7 +40,15 @@ class QuantConv2d(nn.Module):
     weight: Tensor
     bias: Tensor | None
 
-    def __init__(self, conv: nn.Conv2d, policy: LayerPolicy, p: float = 2.4) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        policy: LayerPolicy,
+        p: float = 2.4,
+        *,
+        parts: tuple[int, ...] | None = None,
+        output: OutputGrid | None = None,
+    ) -> None:
         super().__init__()
         if policy.activation is not None and policy.activation.per_channel:
             raise ValueError(
@@ -60,11 +74,20 @@ class QuantConv2d(nn.Module):
         base = UniformQuantizer(policy.weight, channels=channels, channel_dim=0, device=device)
         base.init_range(self.weight, p=p)
         self.weight_quantizer = AdaRoundQuantizer(base, self.weight)
-        self.act_quantizer = (
-            None
-            if policy.activation is None
-            else UniformQuantizer(policy.activation, device=device)
-        )
+        self.act_quantizer: UniformQuantizer | None = None
+        self.parts: tuple[int, ...] | None = None
+        self.in_parts: nn.ModuleList | None = None
+        if policy.activation is not None and parts is not None:
+            if sum(parts) != self.in_channels:
+                raise ValueError(
+                    f"input parts {parts} sum to {sum(parts)} channels, the conv reads "
+                    f"{self.in_channels}"
+                )
+            self.parts = tuple(parts)
+            self.in_parts = nn.ModuleList(QuantActivation(policy.activation) for _ in parts)
+        elif policy.activation is not None:
+            self.act_quantizer = UniformQuantizer(policy.activation, device=device)
+        self.out_site = None if output is None else QuantActivation(output.spec, output.after_relu)
         self.affine: WeightAffine | None = None
 
     def extra_repr(self) -> str:
@@ -117,10 +140,15 @@ class QuantConv2d(nn.Module):
         """x: [B, C_in, H, W] -> [B, C_out, H', W'], as the original conv."""
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
+        elif self.in_parts is not None and self.parts is not None:
+            chunks = torch.split(x, list(self.parts), dim=1)
+            x = torch.cat([q(c) for q, c in zip(self.in_parts, chunks, strict=True)], dim=1)
         w = self.quantized_weight()
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             out = F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
         else:
             out = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.out_site is not None:
+            out = self.out_site(out)
         return out

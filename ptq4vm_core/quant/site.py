@@ -7,6 +7,7 @@ as it enters each frame, so the recurrent state is low-bit in deployment like an
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptq4vm_core.quant.quantizer import UniformQuantizer
@@ -18,14 +19,22 @@ class ActivationSite(nn.Identity):
 
 
 class QuantActivation(nn.Module):
-    """Fake-quantizes a tensor [B,C,H,W] per tensor with `spec` (asymmetric activations)."""
+    """Fake-quantizes a tensor [B,C,H,W] per tensor with `spec` (asymmetric activations).
 
-    def __init__(self, spec: QuantSpec) -> None:
+    `after_relu`: the tensor is a conv's output that the model passes through a ReLU next;
+    the grid is on the ReLU's output (as the deployed graph has it), so the site applies the
+    ReLU first, in every mode (observers then see what the grid covers); the model's own ReLU
+    after it changes nothing, so FP mode still computes the float model."""
+
+    def __init__(self, spec: QuantSpec, after_relu: bool = False) -> None:
         super().__init__()
         if spec.per_channel:
             raise ValueError("activation sites are quantized per tensor: use per_channel=False")
         self.act_quantizer = UniformQuantizer(spec)
+        self.after_relu = after_relu
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.after_relu:
+            x = F.relu(x)
         y: Tensor = self.act_quantizer(x)
         return y

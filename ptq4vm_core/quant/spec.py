@@ -6,6 +6,13 @@ Integer grids (what ONNX Runtime's int8 kernels expect):
   8 bits gives [-127, 127], so the grid is symmetric around 0 and -128 is never used.
 * asymmetric (activations): unsigned [0, 2^b-1] with an integer zero point in that range.
 
+Besides each conv's input, a policy may put grids on tensors the deployed graph keeps in
+integer: a conv's *output* (`outputs`: where the runtime requantizes what an int8 conv writes
+before a float op, e.g. a residual add or a hard-swish), and the *parts* of a conv's input
+(`input_parts`: a conv over a concatenation, each concatenated tensor on its own grid, which
+the runtime runs as one int8 conv per part, summed). Both become activation sites of the
+quantized conv, named `<conv>.out_site` and `<conv>.in_parts.<k>`.
+
 A `QuantPolicy` is JSON-able (`to_dict`/`from_dict` round-trip), so a recipe can be printed,
 stored in an artifact manifest and diffed.
 """
@@ -124,6 +131,43 @@ class LayerPolicy:
         )
 
 
+OUT_SITE = "out_site"
+IN_PARTS = "in_parts"
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """A grid on a conv's output: `spec` (asymmetric, per tensor); `after_relu` puts it on the
+    ReLU that follows the conv (the runtime folds that ReLU into the requantization)."""
+
+    spec: QuantSpec
+    after_relu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.spec.symmetric or self.spec.per_channel:
+            raise ValueError("output grids are asymmetric and per tensor")
+        if not isinstance(self.after_relu, bool):
+            raise ValueError(f"OutputGrid.after_relu must be a bool, got {self.after_relu!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "after_relu": self.after_relu}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutputGrid:
+        _require_keys(data, {"spec", "after_relu"}, "OutputGrid")
+        return cls(QuantSpec.from_dict(data["spec"]), data["after_relu"])
+
+
+def output_site(conv: str) -> str:
+    """The activation site of conv `conv`'s output grid."""
+    return f"{conv}.{OUT_SITE}"
+
+
+def part_sites(conv: str, parts: int) -> list[str]:
+    """The activation sites of conv `conv`'s input parts, in channel order."""
+    return [f"{conv}.{IN_PARTS}.{k}" for k in range(parts)]
+
+
 @dataclass(frozen=True)
 class QuantPolicy:
     """Which conv layers of a model are quantized, and with how many bits.
@@ -131,13 +175,18 @@ class QuantPolicy:
     Every conv gets the default policy (`weight_bits` symmetric per-channel weights,
     `act_bits` asymmetric per-tensor input activations; `act_bits=None` is weight-only),
     except layers named in `overrides` (qualified module names, as `named_modules` gives
-    them) and layers in `keep_fp`, which stay in float.
+    them) and layers in `keep_fp`, which stay in float. `outputs` names the convs whose
+    outputs get a grid; `input_parts` the convs whose input is quantized part by part (the
+    channel count of each part, summing to the conv's input channels), each part with the
+    layer's activation spec.
     """
 
     weight_bits: int
     act_bits: int | None
     overrides: dict[str, LayerPolicy] = field(default_factory=dict)
     keep_fp: frozenset[str] = frozenset()
+    outputs: dict[str, OutputGrid] = field(default_factory=dict)
+    input_parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_bits(self.weight_bits, "QuantPolicy.weight_bits")
@@ -146,6 +195,18 @@ class QuantPolicy:
         # Own copies, so that later edits to the caller's dict or set cannot change the policy.
         object.__setattr__(self, "overrides", dict(self.overrides))
         object.__setattr__(self, "keep_fp", frozenset(self.keep_fp))
+        object.__setattr__(self, "outputs", dict(self.outputs))
+        parts = {name: tuple(counts) for name, counts in self.input_parts.items()}
+        object.__setattr__(self, "input_parts", parts)
+        for name, grid in self.outputs.items():
+            if not isinstance(grid, OutputGrid):
+                raise ValueError(f"output grid of {name!r} must be an OutputGrid, got {grid!r}")
+        for name, counts in parts.items():
+            if len(counts) < 2 or not all(isinstance(c, int) and c > 0 for c in counts):
+                raise ValueError(
+                    f"input parts of {name!r} must be two or more positive channel counts, "
+                    f"got {counts!r}"
+                )
         for name, layer in self.overrides.items():
             if not isinstance(layer, LayerPolicy):
                 raise ValueError(f"override for {name!r} must be a LayerPolicy, got {layer!r}")
@@ -157,7 +218,9 @@ class QuantPolicy:
 
     def __hash__(self) -> int:
         overrides = tuple(sorted(self.overrides.items()))
-        return hash((self.weight_bits, self.act_bits, overrides, self.keep_fp))
+        outputs = tuple(sorted(self.outputs.items()))
+        parts = tuple(sorted(self.input_parts.items()))
+        return hash((self.weight_bits, self.act_bits, overrides, self.keep_fp, outputs, parts))
 
     @property
     def default_layer(self) -> LayerPolicy:
@@ -171,10 +234,50 @@ class QuantPolicy:
             return None
         return self.overrides.get(name, self.default_layer)
 
+    def input_spec(self, name: str) -> QuantSpec | None:
+        """The one grid of conv `name`'s whole input: None when its input stays in float or
+        is quantized part by part (`input_parts`)."""
+        layer = self.for_layer(name)
+        if layer is None or name in self.input_parts:
+            return None
+        return layer.activation
+
+    def conv_sites(self, name: str) -> list[str]:
+        """The activation sites quantized conv `name` owns: its input parts, its output."""
+        layer = self.for_layer(name)
+        if layer is None:
+            return []
+        sites = []
+        if layer.activation is not None and name in self.input_parts:
+            sites += part_sites(name, len(self.input_parts[name]))
+        if name in self.outputs:
+            sites.append(output_site(name))
+        return sites
+
+    def site_spec(self, name: str) -> QuantSpec | None:
+        """The grid of activation site `name`: a conv's output or input part (see
+        `conv_sites`), or a site the model marks (`ActivationSite`), which takes the policy of
+        its own name like a layer. None: the site stays in float."""
+        owner, _, leaf = name.rpartition(".")
+        if leaf == OUT_SITE and owner in self.outputs:
+            return self.outputs[owner].spec if self.for_layer(owner) is not None else None
+        conv, _, kind = owner.rpartition(".")
+        if kind == IN_PARTS and name in self.conv_sites(conv):
+            return self.input_parts_spec(conv)
+        layer = self.for_layer(name)
+        return None if layer is None else layer.activation
+
+    def input_parts_spec(self, conv: str) -> QuantSpec | None:
+        """The grid spec of each input part of conv `conv` (its layer's activation spec)."""
+        layer = self.for_layer(conv)
+        return None if layer is None else layer.activation
+
     @property
     def named_layers(self) -> frozenset[str]:
-        """Every layer name the policy mentions (overrides and keep_fp)."""
-        return frozenset(self.overrides) | self.keep_fp
+        """Every layer name the policy mentions (overrides, keep_fp, outputs, input parts)."""
+        return (frozenset(self.overrides) | self.keep_fp | frozenset(self.outputs)) | frozenset(
+            self.input_parts
+        )
 
     @classmethod
     def from_bits(
@@ -205,11 +308,21 @@ class QuantPolicy:
             "act_bits": self.act_bits,
             "overrides": {k: self.overrides[k].to_dict() for k in sorted(self.overrides)},
             "keep_fp": sorted(self.keep_fp),
+            "outputs": {k: self.outputs[k].to_dict() for k in sorted(self.outputs)},
+            "input_parts": {k: list(self.input_parts[k]) for k in sorted(self.input_parts)},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantPolicy:
-        _require_keys(data, {"weight_bits", "act_bits", "overrides", "keep_fp"}, "QuantPolicy")
+        """The inverse of `to_dict`. A policy written before output grids and input parts
+        existed (no such keys) reads as one without them."""
+        if isinstance(data, Mapping):
+            data = {"outputs": {}, "input_parts": {}} | dict(data)
+        keys = {"weight_bits", "act_bits", "overrides", "keep_fp", "outputs", "input_parts"}
+        _require_keys(data, keys, "QuantPolicy")
+        outputs, parts = data["outputs"], data["input_parts"]
+        if not isinstance(outputs, Mapping) or not isinstance(parts, Mapping):
+            raise ValueError("QuantPolicy.outputs and input_parts must be objects")
         overrides = data["overrides"]
         if not isinstance(overrides, Mapping):
             raise ValueError(f"QuantPolicy.overrides must be an object, got {overrides!r}")
@@ -221,6 +334,8 @@ class QuantPolicy:
             act_bits=data["act_bits"],
             overrides={str(k): LayerPolicy.from_dict(v) for k, v in overrides.items()},
             keep_fp=frozenset(str(n) for n in keep_fp),
+            outputs={str(k): OutputGrid.from_dict(v) for k, v in outputs.items()},
+            input_parts={str(k): _counts(v, str(k)) for k, v in parts.items()},
         )
 
     def describe(self, names: Iterable[str]) -> str:
@@ -242,6 +357,15 @@ class QuantPolicy:
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
         ]
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _counts(value: object, name: str) -> tuple[int, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"input parts of {name!r} must be a list of channel counts")
+    counts = tuple(value)
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        raise ValueError(f"input parts of {name!r} must be integers, got {counts!r}")
+    return counts
 
 
 def parse_bits(config: str) -> tuple[int, int]:

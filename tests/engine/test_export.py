@@ -3,6 +3,7 @@ grids are carried exactly, exports are cached per artifact content."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.ort_engine import OrtEngine
-from ptq4vm_core.engine.qdq import ActGrid, QdqWriter
+from ptq4vm_core.engine.qdq import ActGrid, ExportError, QdqWriter
+from ptq4vm_core.model.recipe import output_grids
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.quantizer import UniformQuantizer
 from ptq4vm_core.quant.spec import activation_spec
@@ -125,17 +127,61 @@ def test_export_is_made_once_and_keyed_on_the_tensors(
     manifest = json.loads((w8a8_artifact / "manifest.json").read_text())
     manifest["files"]["tensors.safetensors"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    calibration = export.RangeCalibration()
-    assert cache.export_key(copy, calibration) != cache.export_key(w8a8_artifact, calibration)
+    assert cache.export_key(copy) != cache.export_key(w8a8_artifact)
 
 
 def test_an_incomplete_export_is_replaced(w8a8_artifact: Path, tmp_path: Path) -> None:
-    calibration = export.RangeCalibration(frames=2)  # a quick export: ranges from 2 frames
-    key = cache.export_key(w8a8_artifact, calibration)
+    key = cache.export_key(w8a8_artifact)
     broken = tmp_path / key
     broken.mkdir(parents=True)
     (broken / export.GENERAL).write_bytes(b"half a file")
-    graphs = cache.cached_export(w8a8_artifact, cache=tmp_path, calibration=calibration)
+    graphs = cache.cached_export(w8a8_artifact, cache=tmp_path)
     assert graphs.directory == broken
     onnx.checker.check_model(str(graphs.general))
     assert json.loads((broken / export.REPORT).read_text())["export_version"] >= 1
+
+
+def _artifact_grids(w8a8_artifact: Path) -> set[tuple[float, int]]:
+    """Every (scale, zero point) the artifact's policy puts on an activation: conv inputs,
+    input parts, conv outputs, the GRU states."""
+    verified = verify(w8a8_artifact)
+    t = verified.tensors
+    names = [n for n, e in verified.manifest.layers.items() if e.act_bits is not None]
+    names += list(verified.manifest.sites)
+    return {(float(t[f"{n}.act_scale"][0]), int(t[f"{n}.act_zero_point"][0])) for n in names}
+
+
+def test_every_grid_of_the_exported_graphs_is_one_of_the_artifacts(
+    int8_engine: QuantizedOrtEngine, w8a8_artifact: Path
+) -> None:
+    """The exporter carries grids and invents none: every QuantizeLinear of every exported
+    graph (both forms, both ratios) quantizes on a grid the artifact's policy calibrated."""
+    grids = _artifact_grids(w8a8_artifact)
+    directory = int8_engine.graphs.directory
+    for name in export.GRAPH_FILES:
+        editor = GraphEditor(onnx.load(str(directory / name)))
+        used = set()
+        for node in editor.nodes:
+            if node.op_type == "QuantizeLinear":
+                scale, zero = editor.array(node.input[1]), editor.array(node.input[2])
+                used.add((float(np.float32(scale)), int(zero)))
+        invented = used - grids
+        assert not invented, f"{name}: {len(invented)} grids not in the artifact: {invented}"
+        # and every grid the policy calibrated is in the graph
+        assert grids <= used, f"{name}: artifact grids the graph lacks: {grids - used}"
+
+
+def test_the_exporter_refuses_an_artifact_without_the_grids_it_needs(
+    w8a8_artifact: Path,
+) -> None:
+    """An artifact whose policy lacks the conv-output grids (e.g. one calibrated before they
+    existed) is refused: the exporter would otherwise have to observe grids of its own."""
+    verified = verify(w8a8_artifact)
+    manifest = verified.manifest
+    policy = dataclasses.replace(manifest.policy, outputs={})
+    sites = {n: e for n, e in manifest.sites.items() if not n.endswith(".out_site")}
+    stripped = dataclasses.replace(
+        verified, manifest=manifest.model_copy(update={"policy": policy, "sites": sites})
+    )
+    with pytest.raises(ExportError, match=f"no output grid for {len(output_grids())} conv outputs"):
+        export.build_graph(stripped, full_resolution=True)
