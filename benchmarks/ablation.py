@@ -102,7 +102,7 @@ def global_stage(
     biq = load_artifact(base).model
     result = calibrate(
         fp, data, bits=bits, method=Method.PTQ4VM, profile=profile, ptq4vm=opts, biq_model=biq,
-        float_inputs=float_inputs, seed=seed,
+        policy=rvm_policy(bits, float_inputs=float_inputs), seed=seed,
     )  # fmt: skip
     return save_artifact(result, data, out)
 

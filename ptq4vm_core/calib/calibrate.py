@@ -29,7 +29,7 @@ from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.model.recipe import rvm_policy
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
-from ptq4vm_core.quant.spec import QuantPolicy
+from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def calibrate(
     method: Method,
     profile: Profile,
     device: str = "cpu",
-    first_last_8bit: bool = True,
-    float_inputs: tuple[str, ...] = (),
+    policy: QuantPolicy | None = None,
     progress: ProgressCallback = log_progress,
     seed: int = 0,
     ptq4vm: Ptq4vmOptions | None = None,
@@ -105,6 +104,9 @@ def calibrate(
     flow_cache: Path | None = None,
 ) -> CalibrationResult:
     """Quantize a copy of `fp_model` (never modified) with `method` on `data`.
+
+    `policy`: what to quantize and how (default: the model's recipe at `bits`,
+    `rvm_policy(bits)`: every integer tensor of the deployed graph); its bits must be `bits`'.
 
     For PTQ4VM, `ptq4vm` holds the switches (default: QDrop BIQ + GAC + OFA). `biq_model`, a
     quantized model from an earlier BIQ run with the same bits (e.g. a loaded QDrop artifact),
@@ -119,7 +121,11 @@ def calibrate(
     dev = torch.device(device)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    policy = rvm_policy(bits, first_last_8bit=first_last_8bit, float_inputs=float_inputs)
+    policy = policy or rvm_policy(bits)
+    if (policy.weight_bits, policy.act_bits) != parse_bits(bits):
+        raise ValueError(
+            f"the policy quantizes at w{policy.weight_bits}a{policy.act_bits}, not at {bits}"
+        )
     fp = copy.deepcopy(fp_model).to(dev).eval().requires_grad_(False)
     if biq_model is not None:
         q_model = _reuse_biq(biq_model, policy, dev)

@@ -87,7 +87,7 @@ def calibrate_command(
             ("cheap",): CHEAP_INPUTS,
         }
         floats = presets.get(names, names)
-        rvm_policy(bits, float_inputs=floats)  # refuse unknown names before the long work
+        policy = rvm_policy(bits, float_inputs=floats)  # refuses unknown names before the work
         prof = PROFILES[profile]
         if synthetic_backgrounds:
             clips += build_synthetic_clips(
@@ -125,7 +125,7 @@ def calibrate_command(
 
             result = calibrate(
                 fp, data, bits=bits, method=method, profile=profile, device=device,
-                progress=show, seed=seed, ptq4vm=ptq4vm, float_inputs=floats,
+                progress=show, seed=seed, ptq4vm=ptq4vm, policy=policy,
             )  # fmt: skip
         path = save_artifact(result, data, out)
     label = ptq4vm.label() if ptq4vm is not None else method.value

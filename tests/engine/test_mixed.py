@@ -46,7 +46,8 @@ def mixed_artifact(
     rvm: MattingNetwork, sample_clip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     out = tmp_path_factory.mktemp("mixed") / "artifact"
-    return tiny_artifact(rvm, sample_clip, out, float_inputs=SENSITIVE_INPUTS)
+    policy = rvm_policy("w8a8", float_inputs=SENSITIVE_INPUTS)
+    return tiny_artifact(rvm, sample_clip, out, policy=policy)
 
 
 def test_the_artifact_has_no_grid_on_those_inputs(mixed_artifact: Path) -> None:
@@ -56,7 +57,11 @@ def test_the_artifact_has_no_grid_on_those_inputs(mixed_artifact: Path) -> None:
         assert manifest.layers[name].act_bits is None
         assert layers[name].act_quantizer is None
         assert layers[name].weight_quantizer.base.spec.bits == 8
-    assert manifest.layers["decode2.conv"].act_bits == 8
+        assert not [s for s in manifest.sites if s.startswith(f"{name}.in_parts.")]
+    # the neighbours keep theirs: a plain conv, and a concat conv's parts
+    assert manifest.layers["decode2.gru.ih"].act_bits is None  # its input is quantized by parts
+    assert manifest.sites["decode2.conv.in_parts.0"].act_bits == 8
+    assert manifest.layers["backbone.features.2.block.0.0"].act_bits == 8
 
 
 def test_deployed_with_float_inputs_at_parity(
@@ -72,9 +77,14 @@ def test_deployed_with_float_inputs_at_parity(
     for name in SENSITIVE_INPUTS:
         source = editor.producer(convs[name].input[0])  # int8 weights, float input
         assert source is None or source.op_type != "DequantizeLinear", name
-    quantized = editor.producer(convs["decode2.conv"].input[0])
+    quantized = editor.producer(convs["backbone.features.2.block.0.0"].input[0])
     assert quantized is not None
     assert quantized.op_type == "DequantizeLinear"
+    concat = editor.producer(convs["decode2.conv"].input[0])  # quantized part by part
+    assert concat is not None
+    assert concat.op_type == "Concat"
+    parts = [editor.producer(x) for x in concat.input]
+    assert all(p is not None and p.op_type == "DequantizeLinear" for p in parts)
     sim = TorchEngine(load_artifact(mixed_artifact).model, name="sim-mixed")
     means, _ = alpha_diffs(engine, sim, clip_frames[:12], 1.0)
     check_parity(means, window=3)
