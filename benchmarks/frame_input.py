@@ -29,6 +29,8 @@ def former(data: bytes, fmt: InputFormat, width: int, height: int) -> Float32Arr
         rgb: NDArray[np.uint8] = np.frombuffer(data, np.uint8).reshape(height, width, 3)
     else:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("not a decodable image")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
     batch = np.stack([rgb]).astype(np.float32)
     batch *= np.float32(1.0 / 255.0)

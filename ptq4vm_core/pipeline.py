@@ -51,4 +51,4 @@ def matte_frames(
             )
         out = engine.infer(frames_to_batch([frame]), state, downsample_ratio)
         state = out.state
-        yield MatteFrame(index, frame, out.fgr[0], out.pha[0])
+        yield MatteFrame(index, frame, out.foreground()[0], out.pha[0])

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -346,8 +347,9 @@ class Connection:
         up to seconds and must hold up neither the event loop nor other sessions' frames."""
         try:
             await asyncio.to_thread(
-                prepare_engine, lease.engine, 1, start.height, start.width, ratio
-            )
+                partial(prepare_engine, lease.engine, 1, start.height, start.width, ratio,
+                        alpha_only=True)
+            )  # fmt: skip
         except Exception as exc:
             lease.release()
             logger.warning("engine %s failed to compile: %s", lease.engine.name, exc)

@@ -293,7 +293,8 @@ class JobManager:
         ratio = resolve_downsample_ratio(job.downsample_ratio, info.width, info.height)
         # Compiled here, in the job's thread, not by the first frame in the shared inference
         # workers, where it would hold up every live session.
-        prepare_engine(lease.engine, 1, info.height, info.width, ratio)
+        alpha_only = job.output == "alpha"  # what _infer asks for (writer.needs_fgr)
+        prepare_engine(lease.engine, 1, info.height, info.width, ratio, alpha_only=alpha_only)
         bg = None
         if job.output == "composite":
             # The image is the job's own upload, already checked (server.media); a colour
@@ -328,9 +329,10 @@ class JobManager:
         need_rgb: bool,
     ) -> Done:
         def finish(
-            fgr: Float32Array, pha: Float32Array
+            fgr: Float32Array | None, pha: Float32Array
         ) -> tuple[NDArray[np.uint8] | None, NDArray[np.uint8]]:
-            return (rgb_to_uint8(fgr) if need_rgb else None), alpha_to_uint8(pha)
+            rgb = rgb_to_uint8(fgr) if need_rgb and fgr is not None else None
+            return rgb, alpha_to_uint8(pha)
 
         work = Work(
             engine=lease.engine,
@@ -341,6 +343,7 @@ class JobManager:
             prepare=lambda: frames_to_batch([frame]),
             finish=finish,
             lane=Lane.BATCH,
+            alpha_only=not need_rgb,
         )
         if self._loop is None:
             raise RuntimeError("JobManager.start() was not called")

@@ -42,8 +42,9 @@ class Lane(StrEnum):
 
 Prepare = Callable[[], Float32Array]
 """Runs in a worker: the frame as [1,3,H,W] float32 in [0,1]; raises to refuse the frame."""
-Finish = Callable[[Float32Array, Float32Array], Any]
-"""Runs in a worker: (fgr [3,H,W], pha [1,H,W] float32 in [0,1]) -> what the caller gets."""
+Finish = Callable[[Float32Array | None, Float32Array], Any]
+"""Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
+float32 in [0,1]) -> what the caller gets."""
 
 
 @dataclass(eq=False)
@@ -61,13 +62,15 @@ class Work(Generic[S]):
     prepare: Prepare
     finish: Finish
     lane: Lane = Lane.REALTIME
+    alpha_only: bool = False  # the caller needs no foreground: the engine may skip it
     tag: Any = None
     dispatched: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Done[S]] | None = None
 
     def batch_key(self) -> Hashable:
-        return (id(self.engine), self.size, self.ratio, state_signature(self.state))
+        key = (id(self.engine), self.size, self.ratio, self.alpha_only)
+        return (*key, state_signature(self.state))
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ class Scheduler(Generic[S]):
                 t = time.monotonic()
                 src = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
                 state = stack_states([batch[i].state for i in good])
-                out = first.engine.infer(src, state, first.ratio)
+                out = first.engine.infer(src, state, first.ratio, alpha_only=first.alpha_only)
                 infer_s = time.monotonic() - t
                 states = split_state(out.state, len(good))
             except Exception as exc:
@@ -225,7 +228,7 @@ class Scheduler(Generic[S]):
                 for j, i in enumerate(good):
                     results[i] = self._finish(
                         batch[i],
-                        out.fgr[j],
+                        None if out.fgr is None else out.fgr[j],
                         out.pha[j],
                         states[j],
                         started,
@@ -238,7 +241,7 @@ class Scheduler(Generic[S]):
     def _finish(
         self,
         work: Work[S],
-        fgr: Float32Array,
+        fgr: Float32Array | None,
         pha: Float32Array,
         state: S,
         started: float,

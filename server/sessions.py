@@ -183,7 +183,7 @@ class Session:
     def _prepare(self, data: bytes) -> Float32Array:
         return to_batch(decode_frame(data, self.start.input, self.start.width, self.start.height))
 
-    def _finish(self, fgr: Float32Array, pha: Float32Array) -> bytes:
+    def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
         return encode_alpha(pha, self.start.output)
 
     def _submit(self, tag: _Tag, data: bytes) -> None:
@@ -195,6 +195,7 @@ class Session:
             state=self.state if tag.generation == self.generation else None,
             prepare=partial(self._prepare, data),
             finish=self._finish,
+            alpha_only=True,  # a stream returns alpha mattes only
             tag=tag,
         )
         self._inflight = work

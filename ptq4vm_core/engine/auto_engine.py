@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ptq4vm_core.engine.base import Engine, EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.base import (
+    Engine,
+    EngineOutput,
+    EngineState,
+    Float32Array,
+    prepare_engine,
+)
 from ptq4vm_core.engine.openvino_engine import ShapeKey, openvino_version
 from ptq4vm_core.engine.ort_engine import BUDGET, default_threads, hardware_tag
 from ptq4vm_core.model.matting import check_downsample_ratio
@@ -83,17 +89,28 @@ class AutoEngine:
         key = ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads))
         return self._choice(key)
 
-    def prepare(self, batch: int, height: int, width: int, downsample_ratio: float) -> float:
+    def prepare(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> float:
         started = time.monotonic()
         name = self.chosen(batch, height, width, downsample_ratio)
-        engine = self.engine(name)
-        prepare = getattr(engine, "prepare", None)
-        if callable(prepare):
-            prepare(batch, height, width, downsample_ratio)
+        prepare_engine(self.engine(name), batch, height, width, downsample_ratio,
+                       alpha_only=alpha_only)  # fmt: skip
         return time.monotonic() - started
 
     def infer(
-        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
     ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         batch, _, height, width = np.shape(src)
@@ -102,7 +119,8 @@ class AutoEngine:
             name = self._chosen.get(key)
             if name is None:  # e.g. fewer threads while a calibration runs: the shape's choice
                 name = next((v for k, v in self._chosen.items() if k[:4] == key[:4]), None)
-        return self.engine(name or self._choice(key)).infer(src, state, ratio)
+        engine = self.engine(name or self._choice(key))
+        return engine.infer(src, state, ratio, alpha_only=alpha_only)
 
     # Choosing --------------------------------------------------------------------------------
 

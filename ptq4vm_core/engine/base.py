@@ -45,11 +45,19 @@ class EngineKind(StrEnum):
 
 
 class EngineOutput(NamedTuple, Generic[S]):
-    """fgr [B,3,H,W] and pha [B,1,H,W] float32 in [0,1]; `state` goes with the next frame."""
+    """fgr [B,3,H,W] and pha [B,1,H,W] float32 in [0,1]; `state` goes with the next frame.
+    `fgr` is None only when the caller asked for alpha only and the engine skipped the
+    foreground (`foreground` reads it where it must be there)."""
 
-    fgr: Float32Array
+    fgr: Float32Array | None
     pha: Float32Array
     state: S
+
+    def foreground(self) -> Float32Array:
+        """fgr, which a call without `alpha_only` always computes."""
+        if self.fgr is None:
+            raise RuntimeError("the foreground was not computed: the call asked for alpha only")
+        return self.fgr
 
 
 class Engine(Protocol[S]):
@@ -61,9 +69,17 @@ class Engine(Protocol[S]):
         """Short identifier reported to users, e.g. ``ort-fp32``."""
         ...
 
-    def infer(self, src: Float32Array, state: S | None, downsample_ratio: float) -> EngineOutput[S]:
+    def infer(
+        self,
+        src: Float32Array,
+        state: S | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> EngineOutput[S]:
         """src [B,3,H,W] float32 RGB in [0,1]. The state must come from the same engine and
-        the same frame size; a size change needs a new stream."""
+        the same frame size; a size change needs a new stream. `alpha_only`: the caller
+        needs no foreground; an engine may then skip computing it (fgr None) or not."""
         ...
 
 
@@ -71,16 +87,31 @@ class Engine(Protocol[S]):
 class CompilingEngine(Protocol):
     """An engine that specialises itself per stream shape (OpenVINO's static shapes)."""
 
-    def prepare(self, batch: int, height: int, width: int, downsample_ratio: float) -> float:
+    def prepare(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> float:
         """Makes the first frame of that shape fast (compiles now); returns the seconds taken."""
         ...
 
 
 def prepare_engine(
-    engine: Engine[S], batch: int, height: int, width: int, downsample_ratio: float
+    engine: Engine[S],
+    batch: int,
+    height: int,
+    width: int,
+    downsample_ratio: float,
+    *,
+    alpha_only: bool = False,
 ) -> float:
-    """Compiles `engine` for a stream shape ahead of its first frame where it compiles per
-    shape (call it off the event loop); 0 for engines that do not."""
+    """Compiles `engine` for a stream shape (and whether the stream wants alpha only) ahead of
+    its first frame where it compiles per shape (call it off the event loop); 0 for engines
+    that do not."""
     if isinstance(engine, CompilingEngine):
-        return engine.prepare(batch, height, width, downsample_ratio)
+        return engine.prepare(batch, height, width, downsample_ratio, alpha_only=alpha_only)
     return 0.0

@@ -67,7 +67,12 @@ class QuantizedOrtEngine:
             return self._engines[full_resolution]
 
     def infer(
-        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
     ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
-        return self.engine(ratio == 1.0).infer(src, state, ratio)
+        return self.engine(ratio == 1.0).infer(src, state, ratio, alpha_only=alpha_only)

@@ -109,6 +109,7 @@ class ShapeKey(NamedTuple):
     width: int
     ratio: float
     threads: int
+    alpha_only: bool = False  # compiled without the foreground (`fgr` result removed)
 
 
 @dataclass
@@ -154,6 +155,10 @@ def static_model(path: Path, key: ShapeKey) -> tuple[Any, tuple[tuple[int, ...],
         for name in STATE_OUTPUTS
     )
     model.reshape({"src": src, **{n: list(s) for n, s in zip(STATE_INPUTS, shapes, strict=True)}})
+    if key.alpha_only:
+        # What only the foreground needs (its coefficients' slices, the products with the
+        # image, its clip) is dropped with the result: a fifth of a 720p frame.
+        model.remove_result(model.output("fgr").get_node())
     return model, shapes
 
 
@@ -276,11 +281,20 @@ class OpenVinoEngine:
                 self._fallback = self._fallback_factory()
             return self._fallback
 
-    def prepare(self, batch: int, height: int, width: int, downsample_ratio: float) -> float:
+    def prepare(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> float:
         """Compiles (or loads from the disk cache) the model for a stream shape ahead of its
         first frame; returns the seconds it took (0 when already compiled)."""
         ratio = check_downsample_ratio(downsample_ratio)
-        key = ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads))
+        threads = BUDGET.threads(self.threads)
+        key = ShapeKey(batch, height, width, ratio, threads, alpha_only)
         with self._lock:
             if key in self._compiled or key in self._refused:
                 return 0.0
@@ -289,16 +303,22 @@ class OpenVinoEngine:
         return time.monotonic() - started
 
     def infer(
-        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
     ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         src = np.ascontiguousarray(src, dtype=np.float32)
         if src.ndim != 4 or src.shape[1] != 3:
             raise ValueError(f"src must be [B,3,H,W], got {list(src.shape)}")
         batch, _, height, width = src.shape
-        compiled = self._runner(ShapeKey(batch, height, width, ratio, BUDGET.threads(self.threads)))
+        threads = BUDGET.threads(self.threads)
+        compiled = self._runner(ShapeKey(batch, height, width, ratio, threads, alpha_only))
         if not isinstance(compiled, Compiled):
-            return compiled.infer(src, state, ratio)
+            return compiled.infer(src, state, ratio, alpha_only=alpha_only)
         if state is None:
             states = [np.zeros(s, np.float32) for s in compiled.state_shapes]
         else:
@@ -313,8 +333,10 @@ class OpenVinoEngine:
         feeds = {"src": src, **dict(zip(STATE_INPUTS, states, strict=True))}
         with compiled.request() as request:
             request.infer(feeds, share_inputs=True, share_outputs=True)
-            out = [request.get_tensor(name).data.copy() for name in ("fgr", "pha", *STATE_OUTPUTS)]
-        fgr, pha, r1, r2, r3, r4 = out
+            fgr = None if alpha_only else request.get_tensor("fgr").data.copy()
+            pha, r1, r2, r3, r4 = (
+                request.get_tensor(name).data.copy() for name in ("pha", *STATE_OUTPUTS)
+            )
         return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))
 
 

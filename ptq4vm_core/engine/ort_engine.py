@@ -170,7 +170,12 @@ class OrtEngine:
             return self._sessions[threads]
 
     def infer(
-        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
     ) -> EngineOutput[EngineState]:
         ratio = check_downsample_ratio(downsample_ratio)
         src = np.ascontiguousarray(src, dtype=np.float32)

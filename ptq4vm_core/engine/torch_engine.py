@@ -34,7 +34,12 @@ class TorchEngine:
 
     @torch.inference_mode()
     def infer(
-        self, src: Float32Array, state: EngineState | None, downsample_ratio: float
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
     ) -> EngineOutput[EngineState]:
         x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).to(self.device)
         hidden = None

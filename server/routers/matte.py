@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
@@ -83,7 +84,9 @@ async def matte(
     with lease:
         # A new image size compiles here, off the loop and outside the shared inference
         # workers (the engine keeps a bounded number of sizes).
-        await asyncio.to_thread(prepare_engine, lease.engine, 1, height, width, ratio)
+        await asyncio.to_thread(
+            partial(prepare_engine, lease.engine, 1, height, width, ratio, alpha_only=True)
+        )
         work = Work(
             engine=lease.engine,
             model=lease.version,
@@ -92,6 +95,7 @@ async def matte(
             state=None,
             prepare=lambda: to_batch(rgb),
             finish=lambda fgr, pha: encode_alpha(pha, "alpha_png"),
+            alpha_only=True,
         )
         done = await scheduler.run(work)
     metrics.http_mattes.inc()

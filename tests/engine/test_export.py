@@ -42,7 +42,7 @@ def test_float_rewrites_keep_the_published_function(
         a, b = published.infer(src, state_a, ratio), rewritten.infer(src, state_b, ratio)
         state_a, state_b = a.state, b.state
         np.testing.assert_allclose(b.pha, a.pha, atol=2e-5)
-        np.testing.assert_allclose(b.fgr, a.fgr, atol=2e-5)
+        np.testing.assert_allclose(b.foreground(), a.foreground(), atol=2e-5)
         for x, y in zip(b.state, a.state, strict=True):
             np.testing.assert_allclose(x, y, atol=2e-5)
 

@@ -106,7 +106,7 @@ def test_batch_of_streams_equals_streams_one_by_one(
         single = int8_engine.infer(frames_to_batch([clip_frames[index]]), None, 0.5)
         np.testing.assert_allclose(batch.pha[i], single.pha[0], atol=1e-5)
     assert batch.pha.shape == (2, 1, 144, 176)
-    assert batch.fgr.dtype == np.float32
+    assert batch.foreground().dtype == np.float32
 
 
 def test_auto_is_the_int8_engine_and_sim_the_simulation(

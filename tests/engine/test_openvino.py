@@ -214,10 +214,10 @@ def test_auto_keeps_the_faster_runtime_per_shape(weights_file, clip_frames, tmp_
     class Slowed(OrtEngine):
         """ONNX Runtime made 50 ms slower per frame: auto must notice and pick OpenVINO."""
 
-        def infer(self, src, state, downsample_ratio):
+        def infer(self, src, state, downsample_ratio, *, alpha_only=False):
             slow_calls.append(src.shape)
             time.sleep(0.05)
-            return super().infer(src, state, downsample_ratio)
+            return super().infer(src, state, downsample_ratio, alpha_only=alpha_only)
 
     def auto() -> AutoEngine:
         return AutoEngine(
@@ -245,3 +245,27 @@ def test_auto_keeps_the_faster_runtime_per_shape(weights_file, clip_frames, tmp_
     assert again.chosen(1, 144, 176, 0.5) == "openvino"
     again.infer(src, out.state, 0.5)
     assert len(slow_calls) == measured
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_alpha_only_skips_the_foreground_and_keeps_the_alpha(
+    w8a8_artifact, engine_cache, clip_frames, tmp_path, ratio: float
+) -> None:
+    """A stream asks for alpha only: the engine compiles that shape without the foreground
+    (its own compiled model) and returns the same alpha and state as the full graph."""
+    engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
+    full_state = alpha_state = None
+    for frame in clip_frames[:6]:
+        src = frames_to_batch([frame])
+        full = engine.infer(src, full_state, ratio)
+        alpha = engine.infer(src, alpha_state, ratio, alpha_only=True)
+        assert full.fgr is not None
+        assert alpha.fgr is None
+        np.testing.assert_allclose(alpha.pha, full.pha, rtol=0, atol=1e-6)
+        for a, b in zip(alpha.state, full.state, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        full_state, alpha_state = full.state, alpha.state
+    keys = {key.alpha_only for key in engine._compiled}
+    assert keys == {True, False}
+    with pytest.raises(RuntimeError, match="alpha only"):
+        alpha.foreground()

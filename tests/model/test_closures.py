@@ -57,7 +57,7 @@ def test_running_closures_is_the_published_graph(
         ours = rvm.frame_output(env)
         theirs = ort_engine.infer(src, ort_state, 0.5)
         np.testing.assert_allclose(ours.pha.numpy(), theirs.pha, rtol=0, atol=1e-4)
-        np.testing.assert_allclose(ours.fgr.numpy(), theirs.fgr, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(ours.fgr.numpy(), theirs.foreground(), rtol=0, atol=1e-4)
         for key, a, b in zip(ours.state._fields, ours.state, theirs.state, strict=True):
             np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=1e-4, err_msg=key)
         state, ort_state = ours.state, theirs.state

@@ -36,7 +36,7 @@ def test_parity_with_onnx_runtime(
         ours = torch_engine.infer(src, torch_state, ratio)
         theirs = ort_engine.infer(src, ort_state, ratio)
         torch_state, ort_state = ours.state, theirs.state
-        for a, b in ((ours.pha, theirs.pha), (ours.fgr, theirs.fgr)):
+        for a, b in ((ours.pha, theirs.pha), (ours.foreground(), theirs.foreground())):
             diff = np.abs(a - b)
             worst = max(worst, float(diff.max()))
             total += float(diff.sum())

@@ -34,7 +34,9 @@ class FakeEngine:
         self.calls: list[int] = []
         self.lock = threading.Lock()
 
-    def infer(self, src: Float32Array, state: Count | None, ratio: float) -> EngineOutput[Count]:
+    def infer(
+        self, src: Float32Array, state: Count | None, ratio: float, *, alpha_only: bool = False
+    ) -> EngineOutput[Count]:
         time.sleep(self.delay)
         with self.lock:
             self.calls.append(src.shape[0])
