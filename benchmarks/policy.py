@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ptq4vm_core.artifact import save_artifact
+from ptq4vm_core.artifact import read_manifest, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
 from ptq4vm_core.calib.calibrate import calibrate
 from ptq4vm_core.calib.data import build_calibration_set
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--method", default="qdrop", choices=["minmax", "brecq", "qdrop"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="*", help="variant labels to run (default: all)")
+    parser.add_argument("--sim", action="store_true", help="also score deployable ones in sim")
     parser.add_argument("--work", type=Path, default=cache_root() / "bench" / "policy")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -82,19 +83,25 @@ def main() -> None:
                 [clip], frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side,
                 seed=seed,
             )  # fmt: skip
-            started = time.monotonic()
-            result = calibrate(
-                rvm, data, bits=args.bits, method=Method(args.method),
-                profile=Profile(args.profile), policy=policy, seed=seed,
-                progress=lambda event: None,
-            )  # fmt: skip
-            seconds = time.monotonic() - started
-            out = (
-                args.work
-                / f"{args.method}-{args.bits}-{args.profile}-{label.replace(' ', '_')}-s{seed}"
-            )
-            artifact = save_artifact(result, data, out)
-            engines = ["sim", "auto"] if deployable else ["sim"]
+            tag = label.replace(" ", "_")
+            out = args.work / f"{args.method}-{args.bits}-{args.profile}-{tag}-s{seed}"
+            if (out / "manifest.json").is_file():  # reused: an interrupted run resumes
+                seconds = float(read_manifest(out).timings.get("total", float("nan")))
+                artifact = out
+            else:
+                started = time.monotonic()
+                result = calibrate(
+                    rvm, data, bits=args.bits, method=Method(args.method),
+                    profile=Profile(args.profile), policy=policy, seed=seed,
+                    progress=lambda event: None,
+                )  # fmt: skip
+                seconds = time.monotonic() - started
+                artifact = save_artifact(result, data, out)
+            # The deployed engine where the runtime can run the policy; the simulation (slow:
+            # fake quantization in PyTorch) where it cannot, or with --sim.
+            engines = ["auto"] if deployable else ["sim"]
+            if args.sim and deployable:
+                engines.append("sim")
             for engine in engines:
                 metrics = evaluate_clips(load_engine(str(artifact), engine), clips, reference=fp32)
                 row = {"variant": label, "engine": engine, "seed": seed, "seconds": seconds}
