@@ -136,5 +136,7 @@ def calibrate_command(
         g = result.gac
         Console(highlight=False).print(
             f"global stage: alpha MSE {g.mse_start:.3g} -> {g.mse_end:.3g}, "
-            f"temporal residual {g.ofa_start:.3g} -> {g.ofa_end:.3g}"
+            f"temporal residual {g.ofa_start:.3g} -> {g.ofa_end:.3g}; held-out objective "
+            f"{g.val_start:.3g} -> {g.val_end:.3g} on {g.val_sequences} sequence(s), "
+            f"kept step {g.best_step} of {g.iters}"
         )
