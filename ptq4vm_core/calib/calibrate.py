@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,17 @@ from ptq4vm_core.calib.data import CalibrationSet
 from ptq4vm_core.calib.flow import FlowSet, load_or_compute_flows
 from ptq4vm_core.calib.gac import GacConfig, GacReport, global_correction
 from ptq4vm_core.calib.methods import (
+    OFA_WEIGHT,
     PROFILES,
-    Base,
+    QDROP_PROB,
     Method,
     Profile,
-    ReconstructionConfig,
+    Ptq4vmOptions,
+    strategy,
 )
+
+# Re-exported: callers set PTQ4VM's switches through calibrate().
+__all__ = ["OFA_WEIGHT", "QDROP_PROB", "CalibrationResult", "Ptq4vmOptions", "calibrate"]
 from ptq4vm_core.calib.progress import ProgressCallback, ProgressTracker, log_progress
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.model.recipe import rvm_policy
@@ -32,40 +36,6 @@ from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
 from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)
-
-QDROP_PROB = 0.5
-OFA_WEIGHT = 0.02  # lambda: the L1 prior next to the alpha MSE
-
-
-@dataclass(frozen=True)
-class Ptq4vmOptions:
-    """PTQ4VM's switches: `base` is the BIQ stage; `gac` learns gamma and beta in the global
-    stage; `ofa` adds the optical-flow prior (weight `ofa_weight`) to it, over the pixels with
-    reliable flow only when `mask_occlusions`. With gac and ofa both off, PTQ4VM is its base."""
-
-    base: Base = Base.QDROP
-    gac: bool = True
-    ofa: bool = True
-    ofa_weight: float = OFA_WEIGHT
-    mask_occlusions: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "base", Base(self.base))
-        if self.ofa_weight < 0 or not math.isfinite(self.ofa_weight):
-            raise ValueError(f"ofa_weight={self.ofa_weight} must be a finite number >= 0")
-
-    @property
-    def global_stage(self) -> bool:
-        return self.gac or self.ofa
-
-    def label(self) -> str:
-        """e.g. "qdrop+gac+ofa"."""
-        parts = [self.base.value] + ["gac"] * self.gac + ["ofa"] * self.ofa
-        return "+".join(parts) + ("" if self.mask_occlusions or not self.ofa else "(nomask)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base.value, "gac": self.gac, "ofa": self.ofa,
-                "ofa_weight": self.ofa_weight, "mask_occlusions": self.mask_occlusions}  # fmt: skip
 
 
 def start_env(model: MattingNetwork, data: CalibrationSet) -> SeqEnv:
@@ -114,9 +84,9 @@ def calibrate(
     cached (default under the cache root).
     """
     method, profile = Method(method), Profile(profile)
-    opts = ptq4vm or Ptq4vmOptions()
-    if method is not Method.PTQ4VM and (ptq4vm is not None or biq_model is not None):
-        raise ValueError(f"PTQ4VM options and biq_model apply to method ptq4vm, not {method}")
+    plan = strategy(method, ptq4vm)
+    if biq_model is not None and plan.global_stage is None:
+        raise ValueError(f"biq_model applies to method ptq4vm, not {method}")
     torch.manual_seed(seed)
     dev = torch.device(device)
     timings: dict[str, float] = {}
@@ -134,24 +104,16 @@ def calibrate(
         if not isinstance(quantized, MattingNetwork):
             raise TypeError("quantize_model must return the same model class")
         q_model = quantized
-    if method is Method.MINMAX:
+    if not plan.range_search:
         for layer in quant_layers(q_model).values():  # plain min/max ranges, no Lp search
             layer.weight_quantizer.base.init_range(layer.weight, grid=1)
             layer.weight_quantizer.init_alpha(layer.weight)
     timings["setup"] = time.monotonic() - started
 
     prof = PROFILES[profile]
-    cfg = None
-    if method is not Method.MINMAX:
-        qdrop = method is Method.QDROP or (method is Method.PTQ4VM and opts.base is Base.QDROP)
-        cfg = ReconstructionConfig(
-            iters=prof.iters,
-            batch=prof.batch,
-            drop_prob=QDROP_PROB if qdrop else 0.0,
-            seed=seed,
-        )
+    cfg = plan.reconstruction(prof, seed)
     closures = q_model.closures()
-    global_units = GLOBAL_STAGE_UNITS if method is Method.PTQ4VM and opts.global_stage else 0.0
+    global_units = GLOBAL_STAGE_UNITS if plan.has_global_stage else 0.0
     tracker = ProgressTracker(progress, overall=len(closures) + global_units)
     reports: list[ClosureReport] = []
     if biq_model is not None:
@@ -165,7 +127,7 @@ def calibrate(
             closures,
             env,
             cfg,
-            grid=1 if method is Method.MINMAX else 100,
+            grid=plan.range_grid,
             tracker=tracker,
         )
         del env
@@ -175,7 +137,8 @@ def calibrate(
         "reconstruction": cfg.to_dict() if cfg else None,
     }
     gac_report = None
-    if method is Method.PTQ4VM:
+    opts = plan.global_stage
+    if opts is not None:
         config["ptq4vm"] = opts.to_dict() | {"biq_reused": biq_model is not None}
         if opts.global_stage:
             gac_cfg = GacConfig(

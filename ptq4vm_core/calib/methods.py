@@ -6,6 +6,7 @@ and must not import calibration); they are re-exported here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -13,12 +14,17 @@ from typing import Any
 from ptq4vm_core.quant.method import Method, Profile
 
 __all__ = [
+    "OFA_WEIGHT",
     "PROFILES",
+    "QDROP_PROB",
     "Base",
     "Method",
     "Profile",
     "ProfileConfig",
+    "Ptq4vmOptions",
     "ReconstructionConfig",
+    "Strategy",
+    "strategy",
 ]
 
 
@@ -75,3 +81,83 @@ class ReconstructionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+QDROP_PROB = 0.5
+OFA_WEIGHT = 0.02  # lambda: the L1 prior next to the alpha MSE
+
+
+@dataclass(frozen=True)
+class Ptq4vmOptions:
+    """PTQ4VM's switches: `base` is the BIQ stage; `gac` learns gamma and beta in the global
+    stage; `ofa` adds the optical-flow prior (weight `ofa_weight`) to it, over the pixels with
+    reliable flow only when `mask_occlusions`. With gac and ofa both off, PTQ4VM is its base."""
+
+    base: Base = Base.QDROP
+    gac: bool = True
+    ofa: bool = True
+    ofa_weight: float = OFA_WEIGHT
+    mask_occlusions: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", Base(self.base))
+        if self.ofa_weight < 0 or not math.isfinite(self.ofa_weight):
+            raise ValueError(f"ofa_weight={self.ofa_weight} must be a finite number >= 0")
+
+    @property
+    def global_stage(self) -> bool:
+        return self.gac or self.ofa
+
+    def label(self) -> str:
+        """e.g. "qdrop+gac+ofa"."""
+        parts = [self.base.value] + ["gac"] * self.gac + ["ofa"] * self.ofa
+        return "+".join(parts) + ("" if self.mask_occlusions or not self.ofa else "(nomask)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base.value, "gac": self.gac, "ofa": self.ofa,
+                "ofa_weight": self.ofa_weight, "mask_occlusions": self.mask_occlusions}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What a method does over the model's closures, as data: how the weight and activation
+    ranges start (`range_search`: the Lp search, else plain min/max), whether BIQ then learns
+    rounding and step sizes closure by closure (`drop_prob`: QDrop's; None: no learning, as
+    MinMax), and the global stage that follows (`global_stage`: PTQ4VM's GAC/OFA switches)."""
+
+    method: Method
+    range_search: bool
+    drop_prob: float | None
+    global_stage: Ptq4vmOptions | None = None
+
+    @property
+    def range_grid(self) -> int:
+        """Clipping ratios the range search tries (1: min/max itself)."""
+        return 100 if self.range_search else 1
+
+    def reconstruction(self, profile: ProfileConfig, seed: int) -> ReconstructionConfig | None:
+        if self.drop_prob is None:
+            return None
+        return ReconstructionConfig(
+            iters=profile.iters, batch=profile.batch, drop_prob=self.drop_prob, seed=seed
+        )
+
+    @property
+    def has_global_stage(self) -> bool:
+        return self.global_stage is not None and self.global_stage.global_stage
+
+
+def strategy(method: Method, ptq4vm: Ptq4vmOptions | None = None) -> Strategy:
+    """The strategy of `method`; `ptq4vm` (PTQ4VM's switches, default all on) only with it."""
+    method = Method(method)
+    if method is not Method.PTQ4VM and ptq4vm is not None:
+        raise ValueError(f"PTQ4VM options apply to method ptq4vm, not {method}")
+    if method is Method.MINMAX:
+        return Strategy(method, range_search=False, drop_prob=None)
+    if method is Method.BRECQ:
+        return Strategy(method, range_search=True, drop_prob=0.0)
+    if method is Method.QDROP:
+        return Strategy(method, range_search=True, drop_prob=QDROP_PROB)
+    opts = ptq4vm or Ptq4vmOptions()
+    drop = QDROP_PROB if opts.base is Base.QDROP else 0.0
+    return Strategy(method, range_search=True, drop_prob=drop, global_stage=opts)

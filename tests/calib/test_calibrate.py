@@ -12,7 +12,7 @@ from ptq4vm_core.artifact import load_artifact, read_manifest
 from ptq4vm_core.assets import SAMPLE_CLIP
 from ptq4vm_core.calib.calibrate import calibrate
 from ptq4vm_core.calib.data import build_calibration_set
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile, Ptq4vmOptions, strategy
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import load_engine
 from ptq4vm_core.engine.frames import frames_to_batch
@@ -119,3 +119,21 @@ def test_calibrate_float_inputs_preset(sample_clip: Path, tmp_path: Path) -> Non
     assert floats == set(CHEAP_INPUTS)
     assert "decode1.conv" not in floats  # `sensitive` has it, `cheap` does not
     assert set(CHEAP_INPUTS) < set(SENSITIVE_INPUTS)
+
+
+def test_each_method_is_a_strategy_over_the_closures() -> None:
+    """What each method does is data: range search, BIQ learning (and QDrop's dropping), the
+    global stage; PTQ4VM's switches belong to PTQ4VM only."""
+    prof = PROFILES[Profile.FAST]
+    minmax, brecq, qdrop = (strategy(m) for m in (Method.MINMAX, Method.BRECQ, Method.QDROP))
+    assert (minmax.range_grid, minmax.reconstruction(prof, 0)) == (1, None)
+    learned = [s.reconstruction(prof, 0) for s in (brecq, qdrop)]
+    assert [None if r is None else r.drop_prob for r in learned] == [0.0, 0.5]
+    assert not any(s.has_global_stage for s in (minmax, brecq, qdrop))
+    ptq4vm = strategy(Method.PTQ4VM)
+    assert ptq4vm.has_global_stage
+    assert ptq4vm.drop_prob == qdrop.drop_prob
+    on_brecq = strategy(Method.PTQ4VM, Ptq4vmOptions(base=Base.BRECQ, gac=False, ofa=False))
+    assert (on_brecq.drop_prob, on_brecq.has_global_stage) == (0.0, False)
+    with pytest.raises(ValueError, match="apply to method ptq4vm"):
+        strategy(Method.QDROP, Ptq4vmOptions())
