@@ -185,5 +185,8 @@ class OrtEngine:
         feeds = {"src": src, "downsample_ratio": np.array([ratio], np.float32)}
         feeds.update(zip(STATE_INPUTS, state, strict=True))
         session = self.session_for(BUDGET.threads(self.threads))
+        if alpha_only:  # ONNX Runtime runs only what the fetched outputs need
+            pha, r1, r2, r3, r4 = session.run(list(OUTPUTS[1:]), feeds)
+            return EngineOutput(None, pha, EngineState(r1, r2, r3, r4))
         fgr, pha, r1, r2, r3, r4 = session.run(list(OUTPUTS), feeds)
         return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))

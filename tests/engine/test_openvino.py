@@ -269,3 +269,13 @@ def test_alpha_only_skips_the_foreground_and_keeps_the_alpha(
     assert keys == {True, False}
     with pytest.raises(RuntimeError, match="alpha only"):
         alpha.foreground()
+
+
+def test_onnx_runtime_asked_for_alpha_only_fetches_no_foreground(
+    w8a8_artifact, engine_cache, clip_frames
+) -> None:
+    engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    src = frames_to_batch([clip_frames[0]])
+    full, alpha = engine.infer(src, None, 0.5), engine.infer(src, None, 0.5, alpha_only=True)
+    assert alpha.fgr is None
+    np.testing.assert_array_equal(alpha.pha, full.pha)
