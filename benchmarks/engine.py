@@ -18,6 +18,9 @@ itself moves when every conv output gets float-rounding-sized noise (1e-6 relati
 
     python benchmarks/engine.py [--artifact DIR] [--rounds 3] [--frames 30]
         [--w4a4 DIR] [--parity-artifacts DIR ...] [--skip-quality]
+
+Past 400 lines on purpose: every engine of the run, their quality and parity and the report
+are one measurement; the ratios mean something only because they come from one run.
 """
 
 from __future__ import annotations

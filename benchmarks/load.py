@@ -24,6 +24,9 @@ names a running one (then RSS needs --pid).
 Usage: python benchmarks/load.py --sessions 3 --fps 15 --minutes 10 [--model fp32]
            [--downsample R] [--out docs/benchmarks/load]
        python benchmarks/load.py --find-max [--step-seconds 30] [--max-sessions 8] ...
+
+Past 400 lines on purpose: the server it starts, the paced sessions and the report are one
+measurement, run as one command.
 """
 
 from __future__ import annotations

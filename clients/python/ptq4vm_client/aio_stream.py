@@ -7,6 +7,10 @@ received); `send()` waits for a slot. When the connection drops, the task reconn
 (kept by the server for PTQ4VM_SESSION_TTL_S). A frame whose send failed is sent again on the
 new connection; frames that reached the old one but whose mattes did not come back advanced
 the state and are reported by `recv()` raising MattesLostError in their place.
+
+Past 400 lines on purpose: the session's reader task, its send window and its reconnection
+with state replay are one state machine over one socket; split, each part would need the
+others' private state.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 `Client` blocks, `AsyncClient` is for asyncio; both wrap httpx and share the request
 building and answer parsing below. Failed requests raise ServiceError with the HTTP status
 and the server's `detail`.
+
+Past 400 lines on purpose: the blocking and the asyncio client share the request building
+and answer parsing here, so each route is spelled once for both.
 """
 
 from __future__ import annotations
