@@ -9,39 +9,60 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
-from ptq4vm_core.io.evalclip import BACKGROUNDS, write_eval_clip
+from ptq4vm_core.io.evalclip import BACKGROUNDS, moving_background, write_composite_clip
 from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.pipeline import matte_frames
 
 logger = logging.getLogger(__name__)
 
 
+Background = Callable[[int, int, int], NDArray[np.uint8]]
+"""Frame `index` of a moving background: (index, width, height) -> [H,W,3] uint8 RGB."""
+
+
 def build_eval_clips(
     engine: Engine, clip: Path, out_root: Path, *, downsample_ratio: float = 1.0
 ) -> list[Path]:
     """One clip per background under out_root/<background>/{com,pha}; existing ones are kept."""
+    targets = {out_root / b: partial(moving_background, b) for b in BACKGROUNDS}
+    return composite_clips(engine, clip, targets, downsample_ratio, what="evaluation clip")
+
+
+def composite_clips(
+    engine: Engine,
+    clip: Path,
+    targets: Mapping[Path, Background],
+    downsample_ratio: float = 1.0,
+    *,
+    what: str = "clip",
+) -> list[Path]:
+    """The clip's foreground and alpha (by `engine`) over each target's background, written to
+    <target>/{com,pha}; a target already written is kept, the clip is matted once for all the
+    others. Each is written aside and renamed into place: complete or absent, never half."""
     mattes = None
-    paths = []
-    for background in BACKGROUNDS:
-        out = out_root / background
-        paths.append(out)
+    for out, background in targets.items():
         if (out / "pha").is_dir() and any((out / "pha").iterdir()):
             continue
         if mattes is None:
             mattes = list(matte_frames(engine, iter_frames(clip), downsample_ratio))
         staging = out.with_name(f".{out.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
-        count = write_eval_clip(
+        count = write_composite_clip(
             staging,
             (rgb_to_uint8(m.fgr) for m in mattes),
             (alpha_to_uint8(m.pha) for m in mattes),
-            background=background,
+            background,
         )
         shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)  # a clip is complete or absent, never half-written
-        logger.info("evaluation clip %s: %d frames", out, count)
-    return paths
+        staging.rename(out)
+        logger.info("%s %s: %d frames", what, out, count)
+    return list(targets)

@@ -11,19 +11,12 @@ from the evaluation clips' (`ptq4vm_core.calib.evalclips`).
 
 from __future__ import annotations
 
-import logging
-import shutil
 from pathlib import Path
 
 from ptq4vm_core.calib.data import content_hash
+from ptq4vm_core.calib.evalclips import composite_clips
 from ptq4vm_core.engine.base import Engine
-from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
-from ptq4vm_core.io.evalclip import write_composite_clip
 from ptq4vm_core.io.synthbg import calibration_backgrounds
-from ptq4vm_core.io.video import iter_frames
-from ptq4vm_core.pipeline import matte_frames
-
-logger = logging.getLogger(__name__)
 
 
 def build_synthetic_clips(
@@ -39,26 +32,10 @@ def build_synthetic_clips(
     foreground and alpha (by `engine`, the FP32 model) over `calibration_backgrounds(count,
     seed)`; clips already there are kept. Returns their directories, for
     `build_calibration_set`."""
-    backgrounds = calibration_backgrounds(count, seed)
     tag = content_hash(clip)[:16]
-    mattes = None
-    paths = []
-    for background in backgrounds:
-        out = out_root / f"{tag}-{background.kind}-{background.seed}"
-        paths.append(out)
-        if (out / "pha").is_dir() and any((out / "pha").iterdir()):
-            continue
-        if mattes is None:
-            mattes = list(matte_frames(engine, iter_frames(clip), downsample_ratio))
-        staging = out.with_name(f".{out.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        frames = write_composite_clip(
-            staging,
-            (rgb_to_uint8(m.fgr) for m in mattes),
-            (alpha_to_uint8(m.pha) for m in mattes),
-            background.frame,
-        )
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)  # a clip is complete or absent, never half-written
-        logger.info("synthetic calibration clip %s: %d frames", out, frames)
-    return paths
+    targets = {
+        out_root / f"{tag}-{b.kind}-{b.seed}": b.frame for b in calibration_backgrounds(count, seed)
+    }
+    return composite_clips(
+        engine, clip, targets, downsample_ratio, what="synthetic calibration clip"
+    )

@@ -275,9 +275,7 @@ class QuantPolicy:
     @property
     def named_layers(self) -> frozenset[str]:
         """Every layer name the policy mentions (overrides, keep_fp, outputs, input parts)."""
-        return (frozenset(self.overrides) | self.keep_fp | frozenset(self.outputs)) | frozenset(
-            self.input_parts
-        )
+        return self.keep_fp.union(self.overrides, self.outputs, self.input_parts)
 
     @classmethod
     def from_bits(
