@@ -10,8 +10,13 @@ from ptq4vm_core.artifact import load_artifact, verify_artifact
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
 from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
-from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, openvino_available
+from ptq4vm_core.engine.openvino_engine import (
+    OpenVinoEngine,
+    OpenVinoUnavailableError,
+    openvino_available,
+)
 from ptq4vm_core.engine.ort_engine import OrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.model import load_rvm_from_onnx
@@ -35,7 +40,9 @@ def load_engine(
     than ONNX Runtime at every size measured, docs/benchmarks/engine.md), ONNX Runtime where
     OpenVINO is missing or finds no CPU. `fp32` runs the published graph at f32
     precision on either runtime (the fastest that keeps FP32 arithmetic), an artifact its
-    exported int8 QDQ graph (exported on first use, then cached). ORT and OPENVINO choose the
+    exported int8 QDQ graph (exported on first use, then cached) on OpenVINO where its int8
+    convolutions are exact (`cpu.int8_dot_exact`: not on x86 without VNNI, where AUTO is ONNX
+    Runtime and OPENVINO is refused). ORT and OPENVINO choose the
     runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch simulation of an artifact."""
     kind = EngineKind(kind)
     if model == FP32:
@@ -71,6 +78,12 @@ def load_engine(
         root=root,
         fallback=ort_int8,
     )
+    if not int8_dot_exact():
+        if kind is EngineKind.OPENVINO:
+            raise OpenVinoUnavailableError(f"{saturation_reason()}; use --engine auto or ort")
+        if kind is EngineKind.AUTO:
+            logger.warning("%s: the int8 model runs on ONNX Runtime", saturation_reason())
+            return QuantizedOrtEngine(path, root=root)
     return _pick(kind, ort_int8, openvino_int8)
 
 

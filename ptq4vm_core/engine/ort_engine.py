@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.cpu import cpu_flags
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 def hardware_tag(providers: list[str]) -> str:
     """What an optimised graph depends on: the onnxruntime version, the providers and the CPU
     (ORT_ENABLE_ALL lays out tensors for the instruction set it finds)."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        flags = platform.processor()
+    flags = " ".join(sorted(cpu_flags())) or platform.processor()
     cpu = hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
     names = "+".join(p.removesuffix("ExecutionProvider").lower() for p in providers)
     return f"ort{ort.__version__}-{names}-{cpu}"

@@ -20,6 +20,7 @@ from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, conv_names
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import activation_layers, quant_layers
+from tests.hardware import deployed_int8
 
 runner = CliRunner()
 
@@ -58,7 +59,7 @@ def test_artifact_runs_through_matte_and_eval(
          "--alpha-out", str(tmp_path / "a")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "openvino-int8-w8a8" in result.output  # AUTO is the deployed int8 engine
+    assert deployed_int8("w8a8") in result.output  # AUTO is the deployed int8 engine
     assert len(list((tmp_path / "a").glob("*.png"))) == 120
     # At 8 bits the quantized matte stays close to FP32 over a stretch of frames.
     fp, q = load_engine("fp32"), load_engine(str(qdrop_artifact))

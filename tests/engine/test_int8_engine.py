@@ -16,9 +16,11 @@ from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
 from ptq4vm_core.engine.base import EngineState
+from ptq4vm_core.engine.cpu import int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
+from tests.hardware import deployed_int8
 
 ONE_LEVEL = 1 / 255
 
@@ -112,10 +114,11 @@ def test_batch_of_streams_equals_streams_one_by_one(
 def test_auto_is_the_int8_engine_and_sim_the_simulation(
     w8a8_artifact: Path, use_engine_cache: Path
 ) -> None:
-    # AUTO: the int8 graph on OpenVINO where it runs (tests/engine/test_openvino.py checks the
-    # fallback to ONNX Runtime).
-    assert load_engine(str(w8a8_artifact)).name == "openvino-int8-w8a8"
-    assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
+    # AUTO: the int8 graph on OpenVINO where it runs and its int8 convolutions are exact
+    # (tests/engine/test_openvino.py checks the fallbacks to ONNX Runtime).
+    assert load_engine(str(w8a8_artifact)).name == deployed_int8("w8a8")
+    if int8_dot_exact():
+        assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
     assert load_engine(str(w8a8_artifact), EngineKind.ORT).name == "ort-int8-w8a8"
     assert load_engine(str(w8a8_artifact), EngineKind.SIM).name == "sim-w8a8"
     with pytest.raises(ValueError, match="does not apply to a quantized artifact"):
@@ -138,7 +141,7 @@ def test_bench_json_schema(w8a8_artifact: Path, use_engine_cache: Path) -> None:
     assert set(report) == set(expected)
     for key, kind in expected.items():
         assert isinstance(report[key], kind), (key, report[key])
-    assert report["engine"] == "openvino-int8-w8a8"
+    assert report["engine"] == deployed_int8("w8a8")
     assert (report["size"], report["frames"]) == ("176x144", 3)
     assert report["fps"] > 0
     assert report["ms_p50"] <= report["ms_p99"] <= report["ms_max"]

@@ -4,6 +4,7 @@ Runtime, the recurrent state, and which layers run in integer."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,10 +15,11 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq4vm_core.engine import EngineKind, load_engine, openvino_engine
+from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
 from ptq4vm_core.engine.auto_engine import AutoEngine, read_choices
 from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
@@ -95,6 +97,7 @@ def test_the_state_is_carried_and_belongs_to_one_shape(weights_file, clip_frames
     assert len(engine._compiled) == 2
 
 
+@pytest.mark.skipif(not int8_dot_exact(), reason=saturation_reason())
 def test_int8_matches_onnx_runtime(w8a8_artifact, engine_cache, clip_frames, tmp_path) -> None:
     ov_engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
     ort_engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
@@ -119,6 +122,81 @@ def test_every_quantized_conv_runs_in_integer(w8a8_artifact, engine_cache, tmp_p
     # A conv that fell back to float (a grid lost, a Q/DQ pair the runtime could not fuse)
     # shows as an f32 Convolution in the executed graph.
     assert set(precisions) <= {"u8", "i8"}, (precisions, convs["float_output_layers"])
+
+
+def test_int8_exactness_follows_the_cpu_and_the_onednn_cap(monkeypatch) -> None:
+    monkeypatch.setattr(cpu, "machine", lambda: "x86_64")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for flags, exact in (
+        ({"avx2", "avx512f", "avx512_vnni"}, True),  # Cascade Lake, Zen 4
+        ({"avx2", "avx_vnni"}, True),  # Alder Lake
+        ({"avx2", "amx_int8"}, True),
+        ({"avx2", "fma"}, False),  # Zen 3, Haswell
+        ({"avx2", "avx512f", "avx512bw"}, False),  # Skylake-SP
+    ):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert cpu.int8_dot_exact() is exact, flags
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    for cap, exact in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert cpu.int8_dot_exact() is exact, cap
+    monkeypatch.setattr(cpu, "machine", lambda: "aarch64")
+    monkeypatch.setattr(cpu, "cpu_flags", frozenset)
+    assert cpu.int8_dot_exact()
+
+
+def test_this_cpus_flags_are_read() -> None:
+    if cpu.machine() in cpu.X86 and Path("/proc/cpuinfo").is_file():
+        assert {"sse2", "sse4_2"} <= cpu.cpu_flags()
+
+
+def test_where_int8_saturates_the_artifact_runs_on_onnx_runtime(
+    monkeypatch, w8a8_artifact, use_engine_cache
+) -> None:
+    monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)
+    assert load_engine(str(w8a8_artifact)).name == "ort-int8-w8a8"
+    with pytest.raises(openvino_engine.OpenVinoUnavailableError, match="saturate"):
+        load_engine(str(w8a8_artifact), EngineKind.OPENVINO)
+    assert load_engine("fp32").name == "openvino-fp32"  # f32 convolutions do not saturate
+
+
+SATURATION = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
+from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
+from ptq4vm_core.engine.openvino_engine import OpenVinoEngine
+from ptq4vm_core.io.video import iter_frames
+artifact, cache, clip = map(Path, sys.argv[1:4])
+graphs = cached_export(artifact, cache=cache)
+ov = OpenVinoEngine({True: graphs.openvino_full_resolution, False: graphs.openvino_general},
+                    name="openvino-int8")
+ort = QuantizedOrtEngine(artifact, cache=cache)
+frames = [255 - f for _, f in zip(range(3), iter_frames(clip))]
+diffs, state_ov, state_ort = [], None, None
+for frame in frames:
+    src = frames_to_batch([frame])
+    a, b = ov.infer(src, state_ov, 1.0), ort.infer(src, state_ort, 1.0)
+    state_ov, state_ort = a.state, b.state
+    diffs.append(float(np.abs(a.pha - b.pha).mean()))
+print(json.dumps(diffs))
+"""
+
+
+def test_openvino_int8_without_vnni_saturates(w8a8_artifact, engine_cache, sample_clip) -> None:
+    """Why `cpu.int8_dot_exact` keeps the int8 model off OpenVINO without VNNI: oneDNN capped
+    below VNNI (as on such a CPU) mattes a negated clip (bright pixels: large u8 inputs) far
+    from ONNX Runtime. Should a release stop saturating, this fails: lift the restriction."""
+    run = subprocess.run(
+        [sys.executable, "-c", SATURATION, str(w8a8_artifact), str(engine_cache), str(sample_clip)],
+        check=True, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    )  # fmt: skip
+    diffs = json.loads(run.stdout.splitlines()[-1])
+    assert max(diffs) > 10 * ONE_LEVEL, diffs
 
 
 RESTART = """

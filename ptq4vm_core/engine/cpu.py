@@ -1,0 +1,62 @@
+"""What this CPU's int8 convolutions compute: exact dot products, or saturating ones.
+
+On x86 the u8 x s8 int8 kernels reduce four products into int32 in one instruction where the
+CPU has VNNI (AVX512-VNNI, AVX-VNNI, or AMX): exact. Without it oneDNN, and with it OpenVINO,
+multiplies with `vpmaddubsw`, which adds pairs of u8*s8 products into int16 *with saturation*:
+a pair of bright pixels under two large weights (255 * 127 * 2 > 32767) is clipped. RVM's
+stem and most of its dense int8 convs reach that on real frames; on a negated clip OpenVINO's
+int8 matte moved by 100/255 on average (ONEDNN_MAX_CPU_ISA=AVX2 on a VNNI machine, the same
+figure the CI's VNNI-less CPU printed). ONNX Runtime's kernels stay within 0.5/255 of the VNNI
+result there (under `qemu-x86_64 -cpu Haswell`), so without VNNI the int8 model runs on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, which OpenVINO's CPU plugin honours) that stop below
+# every VNNI ISA: with one of them set, oneDNN saturates whatever the CPU has.
+NO_VNNI_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where that
+    file does not exist (not Linux) or has none (not x86)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def machine() -> str:
+    """The CPU architecture, lower case (`x86_64`, `aarch64`, ...)."""
+    return platform.machine().lower()
+
+
+def int8_dot_exact() -> bool:
+    """Whether OpenVINO's int8 convolutions compute exact dot products here: not on x86
+    without VNNI (or with oneDNN capped below it); on other architectures (Arm's int8 dot
+    products accumulate in int32) yes."""
+    if machine() not in X86:
+        return True
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_VNNI_CAPS:
+        return False
+    return bool(cpu_flags() & VNNI_FLAGS)
+
+
+def saturation_reason() -> str:
+    """Why the int8 model does not run on OpenVINO here, for logs and errors."""
+    return (
+        "this CPU's int8 convolutions saturate in OpenVINO (x86 without VNNI: pairs of u8 x s8 "
+        "products are summed in int16 and clipped, which moves the matte by up to 100/255)"
+    )
