@@ -1,8 +1,10 @@
 """A small mutable view of an ONNX graph, for the exporter's rewrites.
 
 Nodes live in a list (order does not matter while editing: `to_model` sorts them
-topologically), initializers in a dict by name. New names are made unique with a counter, so
-rewrites never collide with the published graph's numeric tensor names.
+topologically), initializers in a dict by name. New names are made unique with a counter and
+skip every name the graph already has, so rewrites collide neither with the published graph's
+numeric tensor names nor with an earlier editor's `base::N` names (an exported graph edited
+again).
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ class GraphEditor:
         self.nodes: list[onnx.NodeProto] = list(self.graph.node)
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
         self._counter = 0
+        self._taken = (
+            {n.name for n in self.nodes}
+            | {x for n in self.nodes for x in (*n.input, *n.output)}
+            | set(self.initializers)
+            | {v.name for v in (*self.graph.input, *self.graph.output)}
+        )
 
     def unique(self, base: str) -> str:
-        self._counter += 1
-        return f"{base}::{self._counter}"
+        while True:
+            self._counter += 1
+            name = f"{base}::{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
 
     def node(self, name: str) -> onnx.NodeProto:
         for node in self.nodes:

@@ -47,6 +47,23 @@ def test_float_rewrites_keep_the_published_function(
             np.testing.assert_allclose(x, y, atol=2e-5)
 
 
+def test_an_edited_graph_edited_again_gets_no_duplicate_names() -> None:
+    """A second editor over a graph the first wrote (an export rewritten again) names its new
+    nodes and tensors apart from the first editor's `base::N` names."""
+    graph = helper.make_graph(
+        [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    first = GraphEditor(helper.make_model(graph))
+    mid = first.add_node("Relu", ["x"]).output[0]
+    first.add_node("Relu", [mid], ["y"])
+    second = GraphEditor(first.to_model())
+    added = second.add_node("Relu", ["x"])
+    taken = {n.name for n in first.nodes} | {mid}
+    assert added.name not in taken
+    assert added.output[0] not in taken
+
+
 def _run_grid(grid: ActGrid, x: np.ndarray) -> np.ndarray:
     graph = helper.make_graph(
         [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
