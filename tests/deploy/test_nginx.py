@@ -166,6 +166,7 @@ class Cluster:
         self.port = free_port()
         self.nginx_root = root / "nginx"
         self.nginx: subprocess.Popen[bytes] | None = None
+        self._clients = 0  # client addresses handed out by `stream`
 
     def start(self, assets: Assets) -> None:
         nginx = nginx_binary()
@@ -202,7 +203,13 @@ class Cluster:
         return f"ws://127.0.0.1:{self.port}/v1/stream"
 
     def stream(self, session: str | None = None) -> Stream:
-        return Stream(self.url, session=session, input="rgb24")
+        """A stream through nginx from a client address of its own (X-Forwarded-For, which
+        nginx passes on): the tests' sessions stand for users, and however the hash spreads
+        them, one worker's per-address limit (test_forwarded_addresses' subject) stays out of
+        the way."""
+        self._clients += 1
+        client = f"10.9.{self._clients // 250}.{self._clients % 250 + 1}"
+        return Stream(self.url, session=session, input="rgb24", headers={"X-Forwarded-For": client})
 
     def stop(self) -> None:
         if self.nginx is not None:

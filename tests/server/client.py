@@ -39,9 +39,11 @@ class Stream:
         start: bool = True,
         width: int = 176,
         height: int = 144,
+        headers: dict[str, str] | None = None,
         **fields: Any,
     ) -> None:
         self.url = url if session is None else f"{url}?session={session}"
+        self.headers = headers
         self.fields: dict[str, Any] = {"type": "start", "width": width, "height": height}
         self.fields.update(fields)
         self.send_start = start
@@ -50,7 +52,13 @@ class Stream:
 
     def __enter__(self) -> Stream:
         # Entering the connection is how websockets >= 17.1 wants it used (no legacy mode).
-        self.ws = connect(self.url, compression=None, max_size=None, open_timeout=30).__enter__()
+        self.ws = connect(
+            self.url,
+            compression=None,
+            max_size=None,
+            open_timeout=30,
+            additional_headers=self.headers,
+        ).__enter__()
         if self.send_start:
             self.send_json(self.fields)
             self.started = self.recv_json()
