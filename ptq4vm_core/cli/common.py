@@ -21,6 +21,7 @@ from rich.progress import (
 from ptq4vm_core.artifact import ArtifactError
 from ptq4vm_core.assets import AssetError
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.engine.openvino_engine import OpenVinoUnavailableError
 from ptq4vm_core.io.video import VideoError
 from ptq4vm_core.model.weights import WeightsError
 
@@ -31,6 +32,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,
     AssetError,
     ModelNotFoundError,
+    OpenVinoUnavailableError,
     VideoError,
     WeightsError,
     ValueError,

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
+from ptq4vm_core.engine import loader as engine_loader
 from ptq4vm_core.engine.base import EngineState
 from ptq4vm_core.engine.cpu import int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
@@ -123,6 +124,21 @@ def test_auto_is_the_int8_engine_and_sim_the_simulation(
     assert load_engine(str(w8a8_artifact), EngineKind.SIM).name == "sim-w8a8"
     with pytest.raises(ValueError, match="does not apply to a quantized artifact"):
         load_engine(str(w8a8_artifact), EngineKind.TORCH)
+
+
+def test_openvino_refused_where_int8_saturates_is_one_line(
+    w8a8_artifact: Path, use_engine_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--model", str(w8a8_artifact), "--engine", "openvino", "--size", "176x144",
+         "--frames", "1", "--warmup", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "saturate" in result.output
+    assert "--engine auto or ort" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_bench_json_schema(w8a8_artifact: Path, use_engine_cache: Path) -> None:
