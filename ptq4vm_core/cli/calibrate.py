@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ptq4vm_core.artifact import save_artifact
+from ptq4vm_core.artifact import load_artifact, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
 from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 from ptq4vm_core.calib.data import build_calibration_set
@@ -61,6 +61,13 @@ def calibrate_command(
             "the evaluation backgrounds), cached under $PTQ4VM_HOME/cache/synthetic.",
         ),
     ] = 0,
+    biq_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="PTQ4VM only: take BIQ's result from this artifact (calibrated with --base's "
+            "method at the same bits and float inputs) and run only the global stage on CLIPS.",
+        ),
+    ] = None,
 ) -> None:
     """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
     with user_errors():
@@ -79,8 +86,10 @@ def calibrate_command(
         ptq4vm = None
         if method is Method.PTQ4VM:
             ptq4vm = Ptq4vmOptions(base=base, gac=not no_gac, ofa=not no_ofa)
-        elif no_gac or no_ofa or base is not Base.QDROP:
-            raise ValueError("--no-gac, --no-ofa and --base apply to --method ptq4vm only")
+        elif no_gac or no_ofa or base is not Base.QDROP or biq_from is not None:
+            raise ValueError(
+                "--no-gac, --no-ofa, --base and --biq-from apply to --method ptq4vm only"
+            )
         names = tuple(n.strip() for n in float_inputs.split(",") if n.strip())
         presets: dict[tuple[str, ...], tuple[str, ...]] = {
             ("sensitive",): SENSITIVE_INPUTS,
@@ -88,6 +97,12 @@ def calibrate_command(
         }
         floats = presets.get(names, names)
         policy = rvm_policy(bits, float_inputs=floats)  # refuses unknown names before the work
+        biq = None if biq_from is None else load_artifact(biq_from)
+        if biq is not None and biq.manifest.method != base.value:
+            raise ValueError(
+                f"--biq-from {biq_from} was calibrated with {biq.manifest.method}, but PTQ4VM's "
+                f"BIQ stage here is {base.value} (--base)"
+            )
         prof = PROFILES[profile]
         if synthetic_backgrounds:
             clips += build_synthetic_clips(
@@ -126,6 +141,7 @@ def calibrate_command(
             result = calibrate(
                 fp, data, bits=bits, method=method, profile=profile, device=device,
                 progress=show, seed=seed, ptq4vm=ptq4vm, policy=policy,
+                biq_model=None if biq is None else biq.model,
             )  # fmt: skip
         path = save_artifact(result, data, out)
     label = ptq4vm.label() if ptq4vm is not None else method.value

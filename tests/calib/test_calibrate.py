@@ -25,18 +25,6 @@ from tests.hardware import deployed_int8
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def qdrop_artifact(tmp_path_factory: pytest.TempPathFactory, sample_clip: Path) -> Path:
-    out = tmp_path_factory.mktemp("artifacts") / "qdrop-w8a8"
-    result = runner.invoke(
-        app,
-        ["calibrate", "--clips", str(sample_clip), "--bits", "w8a8", "--method", "qdrop",
-         "--profile", "fast", "--out", str(out)],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def test_calibrate_writes_a_verified_artifact(qdrop_artifact: Path) -> None:
     manifest = read_manifest(qdrop_artifact)
     assert manifest.method == "qdrop"

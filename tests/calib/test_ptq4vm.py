@@ -210,8 +210,14 @@ def test_reused_biq_must_match_the_bits(
 
 
 def test_cli_ptq4vm(
-    sample_clip: Path, weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample_clip: Path,
+    weights_file: Path,
+    qdrop_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The global stage through the CLI, on the QDrop artifact's BIQ (`--biq-from`: BIQ itself
+    runs in the library tests and in tests/calib/conftest.py's QDrop calibration)."""
     home = tmp_path / "home"  # the flow cache goes there; the weights are the real ones
     home.mkdir()
     (home / "weights").symlink_to(weights_file.parent)
@@ -221,7 +227,8 @@ def test_cli_ptq4vm(
     result = runner.invoke(
         app,
         ["calibrate", "--clips", str(sample_clip), "--bits", "w8a8", "--method", "ptq4vm",
-         "--no-ofa", "--profile", "fast", "--synthetic-backgrounds", "1", "--out", str(out)],
+         "--no-ofa", "--profile", "fast", "--synthetic-backgrounds", "1", "--out", str(out),
+         "--biq-from", str(qdrop_artifact)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "qdrop+gac w8a8" in result.output
@@ -229,9 +236,29 @@ def test_cli_ptq4vm(
     manifest = read_manifest(out)
     assert manifest.raw["config"]["ptq4vm"] == {
         "base": "qdrop", "gac": True, "ofa": False, "ofa_weight": 0.02,
-        "mask_occlusions": True, "biq_reused": False,
+        "mask_occlusions": True, "biq_reused": True,
     }  # fmt: skip
     assert manifest.raw["config"]["gac"]["ofa_weight"] == 0.0
     clips = manifest.raw["calibration"]["clips"]
     assert [c["ground_truth"] for c in clips] == [False, True]  # the sample, one synthetic
     assert (home / "cache" / "synthetic").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "ptq4vm", "--base", "brecq"], "calibrated with qdrop"),
+        (["--method", "qdrop"], "apply to --method ptq4vm only"),
+    ],
+)
+def test_cli_biq_from_refuses_what_does_not_fit(
+    sample_clip: Path, qdrop_artifact: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(
+        app,
+        ["calibrate", "--clips", str(sample_clip), "--bits", "w8a8", *args, "--profile", "fast",
+         "--biq-from", str(qdrop_artifact), "--out", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "x").exists()
