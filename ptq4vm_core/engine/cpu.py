@@ -6,7 +6,7 @@ multiplies with `vpmaddubsw`, which adds pairs of u8*s8 products into int16 *wit
 a pair of bright pixels under two large weights (255 * 127 * 2 > 32767) is clipped. RVM's
 stem and most of its dense int8 convs reach that on real frames; on a negated clip OpenVINO's
 int8 matte moved by 100/255 on average (ONEDNN_MAX_CPU_ISA=AVX2 on a VNNI machine, the same
-figure the CI's VNNI-less CPU printed). ONNX Runtime's kernels stay within 0.5/255 of the VNNI
+figure the CI's VNNI-less CPU printed). ONNX Runtime's kernels stay within 0.8/255 of the VNNI
 result there (under `qemu-x86_64 -cpu Haswell`), so without VNNI the int8 model runs on it.
 """
 
