@@ -22,6 +22,11 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, which OpenVINO's CPU plugin honours) that stop below
 # every VNNI ISA: with one of them set, oneDNN saturates whatever the CPU has.
 NO_VNNI_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+# Why the int8 model does not run on OpenVINO where `int8_dot_exact` is false (logs, errors).
+SATURATION_REASON = (
+    "this CPU's int8 convolutions saturate in OpenVINO (x86 without VNNI: pairs of u8 x s8 "
+    "products are summed in int16 and clipped, which moves the matte by up to 100/255)"
+)
 
 
 @functools.cache
@@ -52,11 +57,3 @@ def int8_dot_exact() -> bool:
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_VNNI_CAPS:
         return False
     return bool(cpu_flags() & VNNI_FLAGS)
-
-
-def saturation_reason() -> str:
-    """Why the int8 model does not run on OpenVINO here, for logs and errors."""
-    return (
-        "this CPU's int8 convolutions saturate in OpenVINO (x86 without VNNI: pairs of u8 x s8 "
-        "products are summed in int16 and clipped, which moves the matte by up to 100/255)"
-    )

@@ -10,7 +10,7 @@ from ptq4vm_core.artifact import load_artifact, verify_artifact
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
 from ptq4vm_core.engine.cache import cached_export
-from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
+from ptq4vm_core.engine.cpu import SATURATION_REASON, int8_dot_exact
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import (
     OpenVinoEngine,
@@ -68,6 +68,11 @@ def load_engine(
     if kind is EngineKind.SIM:
         artifact = load_artifact(path)
         return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
+    if not int8_dot_exact() and kind is not EngineKind.ORT:
+        if kind is EngineKind.OPENVINO:
+            raise OpenVinoUnavailableError(f"{SATURATION_REASON}; use --engine auto or ort")
+        logger.warning("%s: the int8 model runs on ONNX Runtime", SATURATION_REASON)
+        kind = EngineKind.ORT
     verify_artifact(path)  # refuse a tampered artifact before using any cached export
     graphs = cached_export(path, root=root)
     bits = graphs.report["bits"]
@@ -78,12 +83,6 @@ def load_engine(
         root=root,
         fallback=ort_int8,
     )
-    if not int8_dot_exact():
-        if kind is EngineKind.OPENVINO:
-            raise OpenVinoUnavailableError(f"{saturation_reason()}; use --engine auto or ort")
-        if kind is EngineKind.AUTO:
-            logger.warning("%s: the int8 model runs on ONNX Runtime", saturation_reason())
-            return QuantizedOrtEngine(path, root=root)
     return _pick(kind, ort_int8, openvino_int8)
 
 

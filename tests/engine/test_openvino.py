@@ -19,7 +19,7 @@ from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
 from ptq4vm_core.engine.auto_engine import AutoEngine, read_choices
 from ptq4vm_core.engine.cache import cached_export
-from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
+from ptq4vm_core.engine.cpu import SATURATION_REASON, int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
@@ -97,7 +97,7 @@ def test_the_state_is_carried_and_belongs_to_one_shape(weights_file, clip_frames
     assert len(engine._compiled) == 2
 
 
-@pytest.mark.skipif(not int8_dot_exact(), reason=saturation_reason())
+@pytest.mark.skipif(not int8_dot_exact(), reason=SATURATION_REASON)
 def test_int8_matches_onnx_runtime(w8a8_artifact, engine_cache, clip_frames, tmp_path) -> None:
     ov_engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
     ort_engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
@@ -165,7 +165,6 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from ptq4vm_core.engine.cache import cached_export
-from ptq4vm_core.engine.cpu import int8_dot_exact, saturation_reason
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine
