@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,18 +57,21 @@ def run_benchmark(
     warmup: int = 5,
     threads: int | None = None,
     on_frame: Callable[[int], None] | None = None,
+    alpha_only: bool = False,
 ) -> BenchResult:
-    """Time `engine.infer` per frame (conversion included, I/O excluded) after `warmup` frames."""
+    """Time `engine.infer` per frame (conversion included, I/O excluded) after `warmup` frames;
+    `alpha_only` asks as streams ask (no foreground)."""
     if not frames:
         raise ValueError("need at least one frame to benchmark")
     batches = [frames_to_batch([f]) for f in frames]
     state: Any = None
     for i in range(warmup):
-        state = engine.infer(batches[i % len(batches)], state, downsample_ratio).state
+        batch = batches[i % len(batches)]
+        state = engine.infer(batch, state, downsample_ratio, alpha_only=alpha_only).state
     times = []
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        state = engine.infer(batch, state, downsample_ratio).state
+        state = engine.infer(batch, state, downsample_ratio, alpha_only=alpha_only).state
         times.append((time.perf_counter() - start) * 1e3)
         if on_frame is not None:
             on_frame(i + 1)
@@ -86,3 +90,29 @@ def run_benchmark(
         ms_max=float(ms.max()),
         threads=threads,
     )
+
+
+def compare_speed(
+    engines: Mapping[str, Engine],
+    frames: list[NDArray[np.uint8]],
+    downsample_ratio: float,
+    *,
+    rounds: int = 3,
+    warmup: int = 3,
+    alpha_only: bool = True,
+    pause_s: float = 0.3,
+) -> dict[str, float]:
+    """Frames per second of each engine on the same `frames`, as the median of `rounds`
+    interleaved rounds (machine noise hits all alike; a pause lets the previous engine's
+    spinning thread pool go idle). Keys as in `engines`."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    fps: dict[str, list[float]] = {key: [] for key in engines}
+    for _ in range(rounds):
+        for key, engine in engines.items():
+            time.sleep(pause_s)
+            result = run_benchmark(
+                engine, frames, downsample_ratio, warmup=warmup, alpha_only=alpha_only
+            )
+            fps[key].append(result.fps)
+    return {key: statistics.median(values) for key, values in fps.items()}

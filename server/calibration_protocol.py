@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ptq4vm_core.calib.methods import Method, Profile
-from ptq4vm_core.quant.spec import Bits
+from ptq4vm_core.quant.spec import Bits, Int8Target
 from server.gate import GateReport
+from server.speed import SpeedReport, SpeedSpec
 
 
 class ClipSpec(BaseModel):
@@ -44,7 +45,9 @@ class WorkerSpec(BaseModel):
     `profile`, save the artifact at `out` (a staging directory inside the registry, which the
     server registers with one rename). With a `gate`, the clips are split into calibration and
     held-out frames under `work` (a scratch directory) and the gate's report is written into the
-    artifact's metrics; without one (the embedded default build), the whole clips calibrate."""
+    artifact's metrics; without one (the embedded default build), the whole clips calibrate.
+    `int8_target` is the int8 kernels the model is calibrated for; with `speed`, the saved
+    model is timed against the model it would replace (`server.speed`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +61,8 @@ class WorkerSpec(BaseModel):
     gate: GateSpec | None
     parent: int | None = None  # the server's pid: exit (removing `out`) once it is gone
     seed: int = 0
+    int8_target: Int8Target = Int8Target.VNNI
+    speed: SpeedSpec | None = None
 
 
 class Progress(BaseModel):
@@ -78,14 +83,15 @@ class Progress(BaseModel):
 
 
 class Result(BaseModel):
-    """The child's artifact is complete at the spec's `out`: its version name, and the quality
-    gate's report when the spec asked for a gate."""
+    """The child's artifact is complete at the spec's `out`: its version name, the quality
+    gate's report when the spec asked for a gate, and the speed report when it asked for one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event: Literal["result"] = "result"
     version: str
     gate: GateReport | None = None
+    speed: SpeedReport | None = None
 
 
 class Failure(BaseModel):

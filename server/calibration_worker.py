@@ -44,6 +44,7 @@ from server.calibration_protocol import (
 )
 from server.gate import GateReport, GateThresholds, judge, mad_vs_reference
 from server.lifeline import exit_with_parent
+from server.speed import SpeedReport, SpeedSpec, measure_speed
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ MAX_HELD_OUT_FRAMES = 60  # per clip: enough for a drift estimate, quick to run
 HELD_OUT_MAX_SIDE = 512  # held-out frames are fitted to this, the resolution of service
 # Share of the overall progress the calibration itself takes when a gate follows it.
 CALIBRATION_SHARE = 0.85
+SPEED_START = 0.97  # the speed check's place in the overall progress (it takes seconds)
 
 
 class Events:
@@ -148,12 +150,25 @@ def run_gate(spec: WorkerSpec, gate: GateSpec, artifact: Path, held_out: list[Pa
     return report
 
 
+def run_speed(spec: WorkerSpec, speed: SpeedSpec, artifact: Path, events: Events) -> SpeedReport:
+    """The saved model timed against the one it would replace, on this CPU's engines."""
+    events.send(Progress(stage="speed", unit=speed.incumbent_version, step=0, total=1,
+                         fraction=SPEED_START))  # fmt: skip
+    version = read_manifest(artifact).version_name
+    candidate = load_engine(str(artifact), root=spec.home)
+    incumbent = load_engine(speed.incumbent, root=spec.home)
+    report = measure_speed(version, candidate, incumbent, speed, spec.home)
+    update_metrics(artifact, {"speed": report.model_dump(mode="json")})
+    return report
+
+
 def run(spec: WorkerSpec, events: Events) -> Result:
     threads = os.environ.get("PTQ4VM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     prof = PROFILES[spec.profile]
-    share = 1.0 if spec.gate is None else CALIBRATION_SHARE
+    # The calibration's share of the progress: what follows it (gate, speed check) comes after.
+    share = CALIBRATION_SHARE if spec.gate else SPEED_START if spec.speed else 1.0
     events.send(Progress(stage="prepare", step=0, total=len(spec.clips), fraction=0.0))
     held_out: list[Path] = []
     if spec.gate is None:
@@ -186,11 +201,12 @@ def run(spec: WorkerSpec, events: Events) -> Result:
 
     result = calibrate(
         load_rvm_from_onnx(weights_path(spec.home)), data, bits=spec.bits, method=spec.method,
-        profile=spec.profile, progress=report, seed=spec.seed,
+        profile=spec.profile, progress=report, seed=spec.seed, target=spec.int8_target,
     )  # fmt: skip
     artifact = save_artifact(result, data, spec.out)
     gate = None if spec.gate is None else run_gate(spec, spec.gate, artifact, held_out, events)
-    return Result(version=read_manifest(artifact).version_name, gate=gate)
+    speed = None if spec.speed is None else run_speed(spec, spec.speed, artifact, events)
+    return Result(version=read_manifest(artifact).version_name, gate=gate, speed=speed)
 
 
 def main(argv: list[str] | None = None) -> int:

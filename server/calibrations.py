@@ -27,7 +27,7 @@ from typing import Any
 
 from ptq4vm_core.artifact import update_metrics
 from ptq4vm_core.calib.methods import Method, Profile
-from ptq4vm_core.quant.spec import Bits
+from ptq4vm_core.quant.spec import Bits, Int8Target
 from server.calibration_protocol import ClipSpec, GateSpec, Progress, Result, WorkerSpec
 from server.calibration_runner import CalibrationChild
 from server.registry import ModelRegistry
@@ -70,6 +70,7 @@ class Calibration:
     profile: Profile
     activate: bool
     clips: list[dict[str, Any]]
+    int8_target: Int8Target = Int8Target.VNNI
     state: CalibrationState = CalibrationState.QUEUED
     stage: str | None = None
     progress: float = 0.0
@@ -85,7 +86,7 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("state", "bits", "method", "profile"):
+        for key in ("state", "bits", "method", "profile", "int8_target"):
             data[key] = data[key].value
         return data
 
@@ -95,6 +96,8 @@ class Calibration:
         data["state"] = CalibrationState(data["state"])
         data["bits"], data["method"] = Bits(data["bits"]), Method(data["method"])
         data["profile"] = Profile(data["profile"])
+        # A record written before int8 targets existed was calibrated for VNNI.
+        data["int8_target"] = Int8Target(data.get("int8_target", Int8Target.VNNI))
         return cls(**data)
 
 
@@ -291,9 +294,7 @@ class CalibrationManager:
     def _spec(self, job: Calibration) -> WorkerSpec:
         s, work = self._settings, self.root / job.id
         active = self._registry.active()
-        # A registry version's directory; otherwise fp32 or the path `--model` gave.
-        in_registry = active in self._registry.version_names()
-        active_path = str(self._registry.root / active) if in_registry else active
+        active_path = self._registry.path_of(active)
         return WorkerSpec(
             clips=[
                 ClipSpec(video=work / c["file"], alpha=work / c["alpha"] if c["alpha"] else None)
@@ -313,6 +314,9 @@ class CalibrationManager:
                 margin=s.gate_margin,
             ),
             parent=os.getpid(),
+            int8_target=job.int8_target,
+            # Timed against the active model only where the job may replace it.
+            speed=s.speed_spec(active, active_path) if job.activate else None,
         )
 
     def _run(self, job: Calibration) -> None:
@@ -362,10 +366,21 @@ class CalibrationManager:
         passed = result.gate.passed
         with self._cond:
             job.version = version
-        if job.activate and passed:
+        speed = result.speed
+        if speed is not None:
+            with self._cond:
+                job.metrics["speed"] = speed.model_dump(mode="json")
+        if job.activate and passed and (speed is None or speed.faster):
             self._registry.activate(version)
             with self._cond:
                 job.activated = True
+        elif job.activate and passed and speed is not None:
+            with self._cond:
+                job.error = (
+                    f"not activated: not faster here than {speed.incumbent_version} "
+                    f"({speed.describe()}); POST /admin/models/{version}/activate overrides"
+                )
+            logger.warning("calibration %s: %s", job.id, job.error)
         elif job.activate:
             with self._cond:
                 job.error = "not activated: the quality gate failed; see metrics"

@@ -1,6 +1,8 @@
 """The embedded default (DESIGN 4.4): serve FP32 at once; with an empty registry, build the
-W8A8 model (PTQ4VM on the sample clip, by default) in the background, then register and
-activate it.
+W8A8 model for this CPU's class (PTQ4VM on the sample clip, by default; the saturation-safe
+`avx2` int8 target where the CPU has no VNNI) in the background, register it, and activate it
+only if it is faster here than the model it would replace (`server.speed`: both timed by the
+build's child on this CPU's engines); the log and `describe()` say which and the two figures.
 
 The build is a calibration child (`server.calibration_runner`, as admin jobs are) at lower CPU
 priority, so it neither blocks the event loop nor holds the GIL that streaming needs; a thread
@@ -19,12 +21,14 @@ from enum import StrEnum
 from typing import Any
 
 from ptq4vm_core.assets import sample_clip_path
+from ptq4vm_core.engine.cpu import default_int8_target
 from ptq4vm_core.quant.spec import Bits
 from server.calibration_protocol import ClipSpec, Progress, WorkerSpec
 from server.calibration_runner import CalibrationChild
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
+from server.speed import SpeedReport
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,10 @@ class DefaultModelBuilder:
         self.stage: str | None = None
         self.progress: float | None = None
         self.eta_s: float | None = None
+        self.target = default_int8_target()
+        self.speed: SpeedReport | None = None
+        self.activated: bool | None = None
+        self.decision: str | None = None
         self._logged: tuple[str | None, int] = (None, -1)  # (stage, tenth) last logged
         self._lock = threading.Lock()
         self._child: CalibrationChild | None = None
@@ -62,13 +70,18 @@ class DefaultModelBuilder:
 
     def describe(self) -> dict[str, Any]:
         """The build's record; `stage`, `progress` (in [0, 1]) and `eta_s` are null until the
-        build runs, `progress` is 1 once it is done."""
+        build runs, `progress` is 1 once it is done; `speed` (both models' fps, their ratio),
+        `activated` and `decision` once it is done."""
         with self._lock:
             return {
                 "state": self.state.value,
                 "method": self._settings.default_method.value,
                 "profile": self._settings.default_profile.value,
+                "int8_target": self.target.value,
                 "version": self.version,
+                "activated": self.activated,
+                "decision": self.decision,
+                "speed": None if self.speed is None else self.speed.model_dump(mode="json"),
                 "error": self.error,
                 "seconds": self.seconds,
                 "stage": self.stage,
@@ -103,6 +116,8 @@ class DefaultModelBuilder:
             home=s.home,
             gate=None,  # the first quantized model: nothing to judge it against but fp32
             parent=os.getpid(),
+            int8_target=self.target,
+            speed=s.speed_spec(self._registry.active(), self._registry.active()),
         )
         self._child = CalibrationChild(spec, files, threads=s.build_threads, nice=s.default_nice)
         self._thread = threading.Thread(target=self._run, name="ptq4vm-default-build", daemon=True)
@@ -139,16 +154,36 @@ class DefaultModelBuilder:
         eta = "" if event.eta_s is None else f", about {event.eta_s:.0f} s left"
         logger.info("default build: %s, %.0f%% done%s", event.stage, 100 * event.fraction, eta)
 
+    def _decide(self, speed: SpeedReport | None) -> None:
+        """Activates the built version only where it is faster than the one served."""
+        version = self.version
+        if version is None:
+            raise RuntimeError("the default build decides only after registering its version")
+        if speed is None:
+            raise RuntimeError("the calibration process sent no speed report")
+        incumbent = speed.incumbent_version
+        if speed.faster:
+            self._registry.activate(version)
+            decision = f"activated: faster than {incumbent} here ({speed.describe()})"
+        else:
+            decision = (
+                f"not activated, still serving {incumbent}: the built model is not faster here "
+                f"({speed.describe()}); activate it by hand if you want it"
+            )
+        with self._lock:
+            self.speed, self.activated, self.decision = speed, speed.faster, decision
+
     def _run(self) -> None:
         s, child = self._settings, self._child
         if child is None:
             raise RuntimeError("the default build's thread runs only after maybe_start")
         logger.info(
             "no quantized model in %s: serving fp32 now and building the default W8A8 model "
-            "(%s, %s profile) on the sample clip in the background",
+            "(%s, %s profile, int8 target %s for this CPU) on the sample clip in the background",
             s.models_dir,
             s.default_method.value,
             s.default_profile.value,
+            self.target.value,
         )
         out = child.spec.out
         try:
@@ -156,7 +191,8 @@ class DefaultModelBuilder:
             result = child.run(self._progress)
             if result is None or self._stopping.is_set():
                 raise RuntimeError("stopped: the server shut down")
-            self.version = self._registry.register(out, activate=True)
+            self.version = self._registry.register(out)
+            self._decide(result.speed)
         except Exception as exc:  # CalibrationError, AssetError, ArtifactError, OSError ...
             with self._lock:
                 self.error = str(exc)
@@ -174,9 +210,7 @@ class DefaultModelBuilder:
                 self.stage, self.progress, self.eta_s = "done", 1.0, 0.0
             self._set(BuildState.DONE)
             logger.info(
-                "default model %s built in %.0f s and activated; new sessions use it",
-                self.version,
-                self.seconds,
+                "default model %s built in %.0f s; %s", self.version, self.seconds, self.decision
             )
         finally:
             shutil.rmtree(out, ignore_errors=True)

@@ -153,6 +153,11 @@ class ModelRegistry:
             rows.append(row)
         return rows
 
+    def path_of(self, version: str) -> str:
+        """What loads `version` in another process: a registry version's artifact directory;
+        otherwise the name itself (fp32, or the path `--model` gave)."""
+        return str(self.root / version) if version in self.version_names() else version
+
     def exists(self, version: str) -> bool:
         return version == FP32 or version in self.version_names() or version == self._override
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.calibrations import CalibrationState
 from server.default_model import BuildState
 from server.jobs import Container, JobState, OutputKind
+from server.speed import SpeedReport
 
 
 class ErrorBody(BaseModel):
@@ -81,6 +82,17 @@ class DefaultBuild(BaseModel):
         ge=0, le=1, description="The fraction of the work done; null until it runs."
     )
     eta_s: float | None = Field(description="Seconds left, estimated; null while unknown.")
+    int8_target: str = Field(
+        description="The int8 kernels it is calibrated for: `vnni`, or `avx2` (saturation-safe "
+        "weights) on a CPU without VNNI."
+    )
+    activated: bool | None = Field(
+        description="Whether it replaced the served model (only where faster); null until done."
+    )
+    decision: str | None = Field(description="Which model serves after the build, and why.")
+    speed: SpeedReport | None = Field(
+        description="Both models timed on this CPU's engines in the same rounds; null until done."
+    )
 
 
 class Readiness(BaseModel):
@@ -119,6 +131,11 @@ class AdminModelList(BaseModel):
 
 class ActiveModel(BaseModel):
     active: str
+    speed: SpeedReport | None = Field(
+        default=None,
+        description="The activated version timed against the one it replaced, on this CPU's "
+        "engines (null when it was already active).",
+    )
 
 
 class JobStatus(BaseModel):
@@ -158,6 +175,7 @@ class CalibrationStatus(BaseModel):
     profile: str
     activate: bool
     clips: list[CalibrationClip]
+    int8_target: str = Field(description="The int8 kernels calibrated for: `vnni` or `avx2`.")
     state: CalibrationState
     stage: str | None
     progress: float = Field(description="In [0, 1].")
@@ -165,7 +183,10 @@ class CalibrationStatus(BaseModel):
     loss: float | None
     version: str | None
     activated: bool
-    metrics: dict[str, Any] = Field(description="The quality gate's report.")
+    metrics: dict[str, Any] = Field(
+        description="The quality gate's report; `speed` (the candidate timed against the "
+        "active model) when the job was asked to activate."
+    )
     error: str | None
     created: float
     started: float | None

@@ -18,6 +18,7 @@ from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine.base import EngineKind
 from ptq4vm_core.paths import cache_root
+from server.speed import SpeedSpec
 
 MiB = 1024 * 1024
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -110,6 +111,17 @@ class Settings(BaseSettings):
     # CPU threads of the build; default: half the cores, the rest stay with the sessions.
     default_threads: PositiveInt | None = None
 
+    # Before a built model replaces the one served (the default build; an admin job asked to
+    # activate), both are timed here at this size (WxH) and downsample ratio, frames per round,
+    # median of interleaved rounds; the candidate is activated only where it is faster
+    # (server/speed.py). 512x288 at ratio 1 is a conferencing stream's shape.
+    speed_check_size: Annotated[str, Field(pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")] = (
+        "512x288"
+    )
+    speed_check_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
+    speed_check_frames: Annotated[int, Field(ge=1, le=1000)] = 20
+    speed_check_rounds: Annotated[int, Field(ge=1, le=20)] = 3
+
     # Admin (DESIGN 4.4): the bearer token of `/admin/*`; unset (or empty), those routes 404.
     admin_token: SecretStr | None = None
     # Recalibration jobs: upload limit of all clips together, niceness and CPU threads of the
@@ -192,6 +204,19 @@ class Settings(BaseSettings):
                 f"PTQ4VM_IDLE_TIMEOUT_S ({self.idle_timeout_s})"
             )
         return self
+
+    def speed_spec(self, incumbent_version: str, incumbent: str) -> SpeedSpec:
+        """How a candidate is timed against `incumbent` (an artifact directory or "fp32")."""
+        width, height = (int(v) for v in self.speed_check_size.split("x"))
+        return SpeedSpec(
+            incumbent_version=incumbent_version,
+            incumbent=incumbent,
+            width=width,
+            height=height,
+            downsample_ratio=self.speed_check_ratio,
+            frames=self.speed_check_frames,
+            rounds=self.speed_check_rounds,
+        )
 
     @property
     def build_threads(self) -> int:

@@ -53,10 +53,17 @@ ACT_ZERO_POINT = "act_zero_point"
 
 @dataclass(frozen=True)
 class ConvShape:
-    """One nn.Conv2d: weight [C_out, C_in/groups, kH, kW], and whether it has a bias [C_out]."""
+    """One nn.Conv2d: weight [C_out, C_in/groups, kH, kW], whether it has a bias [C_out], and
+    its groups (1: dense; the input channels: depthwise)."""
 
     weight_shape: tuple[int, ...]
     bias: bool
+    groups: int = 1
+
+    @property
+    def dense(self) -> bool:
+        """Whether each output sums products over every input channel (groups == 1)."""
+        return self.groups == 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def architecture(model: str) -> Architecture:
     with torch.device("meta"):
         net = MODELS[model]()
     convs = {
-        name: ConvShape(tuple(m.weight.shape), m.bias is not None)
+        name: ConvShape(tuple(m.weight.shape), m.bias is not None, m.groups)
         for name, m in net.named_modules()
         if isinstance(m, nn.Conv2d)
     }

@@ -39,7 +39,7 @@ from ptq4vm_core.artifact.errors import ArtifactError
 from ptq4vm_core.artifact.files import replace_file
 from ptq4vm_core.artifact.packing import Storage, storage_for
 from ptq4vm_core.quant.method import Method, Profile
-from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
+from ptq4vm_core.quant.spec import Int8Target, QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,10 @@ class Manifest(BaseModel):
     method: Method
     bits: str
     profile: Profile
+    # The int8 kernels the model was calibrated for (`--int8-target`); an artifact written
+    # before targets existed was calibrated for exact (VNNI) kernels. A label only: whether
+    # its integers are safe on kernels without VNNI is computed (`artifact.saturation`).
+    int8_target: Int8Target = Int8Target.VNNI
     policy: PolicyField
     layers: dict[str, LayerEntry]
     sites: dict[str, SiteEntry]

@@ -65,7 +65,7 @@ from ptq4vm_core.quant.model import quant_layers
 from ptq4vm_core.quant.modules import QuantConv2d
 from ptq4vm_core.quant.quantizer import UniformQuantizer
 from ptq4vm_core.quant.site import QuantActivation
-from ptq4vm_core.quant.spec import QuantPolicy
+from ptq4vm_core.quant.spec import Int8Target, QuantPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class Calibrated(Protocol):
     def bits(self) -> str: ...
     @property
     def profile(self) -> Profile: ...
+    @property
+    def target(self) -> Int8Target: ...
     @property
     def reports(self) -> Sequence[ClosureLoss]: ...
     @property
@@ -314,6 +316,7 @@ def _manifest(
             method=result.method,
             bits=result.bits,
             profile=result.profile,
+            int8_target=result.target,
             policy=result.policy,
             layers=collected.layers,
             sites=collected.sites,

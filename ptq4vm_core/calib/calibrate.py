@@ -33,7 +33,7 @@ from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.model.recipe import rvm_policy
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.model import quant_layers, quantize_model, set_mode
-from ptq4vm_core.quant.spec import QuantPolicy, parse_bits
+from ptq4vm_core.quant.spec import Int8Target, QuantPolicy, parse_bits
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class CalibrationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     gac: GacReport | None = None
+    target: Int8Target = Int8Target.VNNI
 
 
 def calibrate(
@@ -72,11 +73,14 @@ def calibrate(
     ptq4vm: Ptq4vmOptions | None = None,
     biq_model: MattingNetwork | None = None,
     flow_cache: Path | None = None,
+    target: Int8Target = Int8Target.VNNI,
 ) -> CalibrationResult:
     """Quantize a copy of `fp_model` (never modified) with `method` on `data`.
 
-    `policy`: what to quantize and how (default: the model's recipe at `bits`,
-    `rvm_policy(bits)`: every integer tensor of the deployed graph); its bits must be `bits`'.
+    `policy`: what to quantize and how (default: the model's recipe at `bits` for the int8
+    kernels of `target`, `rvm_policy(bits, target=target)`: every integer tensor of the
+    deployed graph); its bits must be `bits`'. `target` is recorded with the result (the
+    artifact's manifest); a given policy must already be built for it.
 
     For PTQ4VM, `ptq4vm` holds the switches (default: QDrop BIQ + GAC + OFA). `biq_model`, a
     quantized model from an earlier BIQ run with the same bits (e.g. a loaded QDrop artifact),
@@ -91,7 +95,8 @@ def calibrate(
     dev = torch.device(device)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    policy = policy or rvm_policy(bits)
+    target = Int8Target(target)
+    policy = policy or rvm_policy(bits, target=target)
     if (policy.weight_bits, policy.act_bits) != parse_bits(bits):
         raise ValueError(
             f"the policy quantizes at w{policy.weight_bits}a{policy.act_bits}, not at {bits}"
@@ -160,7 +165,7 @@ def calibrate(
     timings["total"] = time.monotonic() - started
     q_model.eval()
     return CalibrationResult(
-        q_model, policy, method, bits, profile, reports, timings, config, gac_report
+        q_model, policy, method, bits, profile, reports, timings, config, gac_report, target
     )
 
 

@@ -21,7 +21,7 @@ from ptq4vm_core.engine import FP32, load_engine
 from ptq4vm_core.model import load_rvm_from_onnx
 from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, rvm_policy
 from ptq4vm_core.paths import cache_root
-from ptq4vm_core.quant.spec import Bits
+from ptq4vm_core.quant.spec import Bits, Int8Target
 
 BITS = tuple(b.value for b in Bits)
 
@@ -61,6 +61,15 @@ def calibrate_command(
             "the evaluation backgrounds), cached under $PTQ4VM_HOME/cache/synthetic.",
         ),
     ] = 0,
+    int8_target: Annotated[
+        Int8Target,
+        typer.Option(
+            help="The x86 int8 kernels to calibrate for: vnni (exact int8 dot products: CPUs "
+            "with AVX512-VNNI/AVX-VNNI/AMX, and non-x86) or avx2 (CPUs without VNNI: dense conv "
+            "weights learned on a 7-bit grid, so the AVX2 kernels cannot saturate; see "
+            "docs/engine.md).",
+        ),
+    ] = Int8Target.VNNI,
     biq_from: Annotated[
         Path | None,
         typer.Option(
@@ -96,7 +105,8 @@ def calibrate_command(
             ("cheap",): CHEAP_INPUTS,
         }
         floats = presets.get(names, names)
-        policy = rvm_policy(bits, float_inputs=floats)  # refuses unknown names before the work
+        # refuses unknown names before the work
+        policy = rvm_policy(bits, float_inputs=floats, target=int8_target)
         biq = None if biq_from is None else load_artifact(biq_from)
         if biq is not None and biq.manifest.method != base.value:
             raise ValueError(
@@ -141,12 +151,13 @@ def calibrate_command(
             result = calibrate(
                 fp, data, bits=bits, method=method, profile=profile, device=device,
                 progress=show, seed=seed, ptq4vm=ptq4vm, policy=policy,
-                biq_model=None if biq is None else biq.model,
+                biq_model=None if biq is None else biq.model, target=int8_target,
             )  # fmt: skip
         path = save_artifact(result, data, out)
     label = ptq4vm.label() if ptq4vm is not None else method.value
     Console(highlight=False).print(
-        f"{label} {bits} ({profile.value}) in {result.seconds['total']:.0f} s -> {path}"
+        f"{label} {bits} ({profile.value}, int8 target {int8_target.value}) in "
+        f"{result.seconds['total']:.0f} s -> {path}"
     )
     if result.gac is not None:
         g = result.gac

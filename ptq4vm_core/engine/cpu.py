@@ -17,6 +17,8 @@ import os
 import platform
 from pathlib import Path
 
+from ptq4vm_core.quant.spec import Int8Target
+
 X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, which OpenVINO's CPU plugin honours) that stop below
@@ -41,6 +43,45 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.partition(":")[2].split())
     return frozenset()
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (the first `model name` line of /proc/cpuinfo), else what
+    `platform.processor()` says, else the architecture."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or machine()
+
+
+def cpu_class() -> str:
+    """What benchmark reports call this CPU: "VNNI" (exact int8 dot products), "AVX2-only"
+    (x86 without VNNI; "capped to AVX2" when ONEDNN_MAX_CPU_ISA makes a VNNI CPU act so), or
+    the architecture elsewhere; "+bf16" where the CPU has AVX512-BF16 or AMX-BF16."""
+    flags = cpu_flags()
+    if machine() not in X86:
+        label = machine()
+    elif int8_dot_exact():
+        label = "VNNI"
+    elif flags & VNNI_FLAGS:
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+        label = f"VNNI capped to {cap} by ONEDNN_MAX_CPU_ISA"
+    else:
+        label = "AVX2-only" if "avx2" in flags else "x86 without AVX2"
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        label += " +bf16"
+    return label
+
+
+def default_int8_target() -> Int8Target:
+    """The int8 target a model built for this CPU is calibrated for: `vnni` where its int8
+    dot products are exact, else `avx2` (saturation-safe weights)."""
+    return Int8Target.VNNI if int8_dot_exact() else Int8Target.AVX2
 
 
 def machine() -> str:

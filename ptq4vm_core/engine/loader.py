@@ -6,7 +6,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ptq4vm_core.artifact import load_artifact, verify_artifact
+from ptq4vm_core.artifact import load_artifact
+from ptq4vm_core.artifact.saturation import check_saturation
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
 from ptq4vm_core.engine.cache import cached_export
@@ -41,8 +42,10 @@ def load_engine(
     OpenVINO is missing or finds no CPU. `fp32` runs the published graph at f32
     precision on either runtime (the fastest that keeps FP32 arithmetic), an artifact its
     exported int8 QDQ graph (exported on first use, then cached) on OpenVINO where its int8
-    convolutions are exact (`cpu.int8_dot_exact`: not on x86 without VNNI, where AUTO is ONNX
-    Runtime and OPENVINO is refused). ORT and OPENVINO choose the
+    convolutions are exact: on every CPU for a saturation-safe artifact (computed from its
+    integers, `artifact.saturation`: the `avx2` target's), and for any other only where the
+    CPU has VNNI (`cpu.int8_dot_exact`); elsewhere AUTO is ONNX Runtime and OPENVINO is
+    refused with the reason. ORT and OPENVINO choose the
     runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch simulation of an artifact."""
     kind = EngineKind(kind)
     if model == FP32:
@@ -68,12 +71,17 @@ def load_engine(
     if kind is EngineKind.SIM:
         artifact = load_artifact(path)
         return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
-    if not int8_dot_exact() and kind is not EngineKind.ORT:
+    # Verifies the artifact (a tampered one is refused before any cached export is used) and
+    # computes from its integers whether kernels without VNNI can saturate on it.
+    saturation = check_saturation(path)
+    if not int8_dot_exact() and not saturation.safe and kind is not EngineKind.ORT:
+        reason = f"{SATURATION_REASON}; this artifact is not saturation-safe: {saturation.reason()}"
         if kind is EngineKind.OPENVINO:
-            raise OpenVinoUnavailableError(f"{SATURATION_REASON}; use --engine auto or ort")
-        logger.warning("%s: the int8 model runs on ONNX Runtime", SATURATION_REASON)
+            raise OpenVinoUnavailableError(
+                f"{reason}; use --engine auto or ort, or calibrate with --int8-target avx2"
+            )
+        logger.warning("%s: the int8 model runs on ONNX Runtime", reason)
         kind = EngineKind.ORT
-    verify_artifact(path)  # refuse a tampered artifact before using any cached export
     graphs = cached_export(path, root=root)
     bits = graphs.report["bits"]
     ort_int8 = lambda: QuantizedOrtEngine(path, root=root)  # noqa: E731

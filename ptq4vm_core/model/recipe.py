@@ -20,6 +20,8 @@ from ptq4vm_core.model.matting import MattingNetwork
 from ptq4vm_core.model.mobilenetv3 import ConvAct, InvertedResidual, SqueezeExcitation
 from ptq4vm_core.model.refiner import DeepGuidedFilterRefiner
 from ptq4vm_core.quant.spec import (
+    SATURATION_SAFE_WEIGHT_BITS,
+    Int8Target,
     LayerPolicy,
     OutputGrid,
     QuantPolicy,
@@ -64,6 +66,18 @@ def conv_names() -> tuple[str, ...]:
     with torch.device("meta"):
         net = MattingNetwork()
     return tuple(name for name, m in net.named_modules() if isinstance(m, nn.Conv2d))
+
+
+@cache
+def dense_convs() -> frozenset[str]:
+    """RVM's dense convolutions (groups == 1): the ones whose int8 kernels sum products over
+    input channels, pair by pair on CPUs without VNNI. The depthwise convs (groups ==
+    channels) are computed widened to 16/32 bits by both runtimes and cannot saturate."""
+    with torch.device("meta"):
+        net = MattingNetwork()
+    return frozenset(
+        name for name, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+    )
 
 
 # The output grids are 8-bit at every bit configuration: what an int8 kernel writes.
@@ -153,6 +167,7 @@ def rvm_policy(
     float_inputs: tuple[str, ...] = (),
     outputs: bool = True,
     parts: bool = True,
+    target: Int8Target = Int8Target.VNNI,
 ) -> QuantPolicy:
     """Every convolution quantized at `bits` ("w8a8", "w4a8", "w4a4"); the first and the last
     layers at W8A8 unless switched off, as BRECQ and QDrop do; the layers in `float_inputs`
@@ -160,7 +175,13 @@ def rvm_policy(
     `outputs`, the conv outputs the deployed graph requantizes get 8-bit grids
     (`output_grids`); with `parts`, convs over concatenations quantize each part on its own
     grid (`input_parts`). Both make the policy cover every integer tensor of the deployed
-    graph; switching them off is for measuring what each is worth."""
+    graph; switching them off is for measuring what each is worth.
+
+    `target=Int8Target.AVX2` (CPUs without VNNI): every dense conv whose input is quantized
+    (an int8 conv in the deployed graph) gets symmetric 7-bit per-channel weights wherever
+    it would have more, so no pair of u8 x s8 products can saturate int16; calibration
+    learns rounding, step sizes and GAC on that grid. Depthwise convs and everything else
+    stay as the bits say."""
     w_bits, a_bits = parse_bits(bits)
     keep8 = (*FIRST_LAYERS, *LAST_LAYERS) if first_last_8bit else ()
     policy = QuantPolicy.from_bits(w_bits, a_bits, first_last_8bit=keep8)
@@ -171,6 +192,12 @@ def rvm_policy(
     for name in float_inputs:
         weight = overrides[name].weight if name in overrides else weight_spec(w_bits)
         overrides[name] = LayerPolicy(weight=weight, activation=None)
+    if Int8Target(target) is Int8Target.AVX2:
+        safe = weight_spec(SATURATION_SAFE_WEIGHT_BITS)
+        for name in sorted(dense_convs()):
+            layer = overrides.get(name, policy.default_layer)
+            if layer.activation is not None and layer.weight.bits > safe.bits:
+                overrides[name] = LayerPolicy(weight=safe, activation=layer.activation)
     spec = activation_spec(OUTPUT_BITS)
     grids = {c: OutputGrid(spec, after_relu) for c, after_relu in output_grids().items()}
     split = {c: p for c, p in input_parts().items() if c not in float_inputs}

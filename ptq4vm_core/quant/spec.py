@@ -40,6 +40,25 @@ class Bits(StrEnum):
 SUPPORTED_BIT_CONFIGS = tuple(b.value for b in Bits)
 
 
+class Int8Target(StrEnum):
+    """The x86 int8 kernels a model is calibrated for (like NNCF's target device).
+
+    `vnni`: CPUs whose int8 dot products sum four u8 x s8 products into int32 (AVX512-VNNI,
+    AVX-VNNI, AMX) or that are not x86: exact at any weight. `avx2`: CPUs without VNNI, whose
+    kernels sum *pairs* of u8 x s8 products into int16 with saturation (`vpmaddubsw`); a dense
+    conv computes exactly there only while every pair stays within int16, which the 7-bit
+    weight grid guarantees (`SATURATION_SAFE_WEIGHT_BITS`)."""
+
+    VNNI = "vnni"
+    AVX2 = "avx2"
+
+
+# Dense int8 convs of the `avx2` target: symmetric 7-bit weights, integers in [-63, 63], so a
+# pair of u8 x s8 products is at most 255 * (63 + 63) = 32130 < 32767 (int16): nothing
+# saturates and the AVX2 kernels compute the same integers as VNNI.
+SATURATION_SAFE_WEIGHT_BITS = 7
+
+
 def _require_keys(data: Mapping[str, Any], keys: set[str], what: str) -> None:
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} must be a JSON object (dict), got {type(data).__name__}")

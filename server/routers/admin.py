@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, UploadFile
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine import ModelNotFoundError
-from ptq4vm_core.quant.spec import Bits
+from ptq4vm_core.engine.cpu import default_int8_target
+from ptq4vm_core.quant.spec import Bits, Int8Target
 from server.calibrations import Calibration, InsufficientStorageError, NotCancellableError
 from server.decoder import probe_upload
 from server.deps import CalibrationsDep, RegistryDep, SettingsDep
 from server.gates import admin_refusal
 from server.limits import disk_full
 from server.media import MediaError
-from server.registry import ModelUnavailableError
+from server.registry import ModelRegistry, ModelUnavailableError
 from server.responses import (
     BAD_ORIGIN,
     BAD_PARAMETERS,
@@ -37,6 +39,9 @@ from server.responses import (
 )
 from server.services import media_limits
 from server.settings import Settings
+from server.speed import SpeedReport, measure_speed
+
+logger = logging.getLogger(__name__)
 
 
 def require_admin(
@@ -118,10 +123,22 @@ async def create_calibration(
     ] = None,
     method: Annotated[Method, Form()] = Method.PTQ4VM,
     profile: Annotated[Profile, Form()] = Profile.STANDARD,
-    activate: Annotated[bool, Form(description="Activate when the quality gate passes.")] = False,
+    activate: Annotated[
+        bool,
+        Form(description="Activate when the quality gate passes and it is faster here."),
+    ] = False,
+    int8_target: Annotated[
+        Int8Target | None,
+        Form(
+            description="The int8 kernels to calibrate for: `vnni` or `avx2` (saturation-safe "
+            "weights for CPUs without VNNI); default: this server's CPU class."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Queue a calibration on `clips`. The last PTQ4VM_GATE_HOLDOUT of each clip's frames are
-    held out for the quality gate. Poll `GET /admin/calibrations/{id}`."""
+    held out for the quality gate; with `activate`, the new version replaces the active one
+    only if it passes the gate and is faster on this CPU (both timed, `metrics.speed`). Poll
+    `GET /admin/calibrations/{id}`."""
     alphas = alphas or []
     if alphas and len(alphas) != len(clips):
         raise HTTPException(422, f"{len(alphas)} alphas for {len(clips)} clips: give one per clip")
@@ -151,6 +168,7 @@ async def create_calibration(
             profile=profile,
             activate=activate,
             clips=rows,
+            int8_target=int8_target or default_int8_target(),
         )
         calibrations.submit(job)
     except BaseException:
@@ -202,12 +220,37 @@ def list_models(registry: RegistryDep) -> dict[str, Any]:
     response_model=ActiveModel,
     responses=errors({409: "The version cannot be loaded."}),
 )
-async def activate_model(version: str, registry: RegistryDep) -> dict[str, Any]:
-    """Make any registered version (or fp32) active; also how to roll back."""
+async def activate_model(
+    version: str,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    measure: Annotated[
+        bool, Query(description="Time it against the active model first (`speed`).")
+    ] = True,
+) -> dict[str, Any]:
+    """Make any registered version (or fp32) active, faster or not (this is the override of
+    the automatic rule); also how to roll back. The response's `speed` is the version timed
+    against the model it replaced on this CPU's engines (a few seconds of work)."""
     try:
-        await asyncio.to_thread(registry.activate, version)
+        speed = await asyncio.to_thread(_activate, registry, settings, version, measure)
     except ModelNotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnavailableError as exc:
         raise HTTPException(409, str(exc)) from None
-    return {"active": registry.active()}
+    return {"active": registry.active(), "speed": speed}
+
+
+def _activate(
+    registry: ModelRegistry, settings: Settings, version: str, measure: bool
+) -> SpeedReport | None:
+    previous = registry.active()
+    speed = None
+    if measure and version != previous:
+        with registry.acquire(version) as candidate, registry.acquire(previous) as incumbent:
+            incumbent_path = registry.path_of(previous)
+            spec = settings.speed_spec(previous, incumbent_path)
+            speed = measure_speed(version, candidate.engine, incumbent.engine, spec, settings.home)
+    registry.activate(version)
+    if speed is not None:
+        logger.info("admin activated %s: %s", version, speed.describe())
+    return speed
