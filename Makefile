@@ -13,7 +13,7 @@ ORT_WEB_VERSION := $(shell sed -n 's/^VERSION=//p' $(ORT_WEB_SCRIPT))
 ORT_WEB_DIR     := clients/web/vendor/onnxruntime-web
 ORT_WEB_STAMP   := $(ORT_WEB_DIR)/.version-$(ORT_WEB_VERSION)
 
-.PHONY: setup serve test test-slow bench lint format clean
+.PHONY: setup serve test test-slow bench bench-mediapipe lint format clean
 
 $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,17 @@ test-slow: setup
 bench: setup
 	$(PY) benchmarks/engines.py
 
+# MediaPipe's selfie segmentation as a benchmark peer (benchmarks/engine.py --mediapipe): its
+# wheel wants numpy < 2 and opencv-contrib-python, so it gets an environment of its own, apart
+# from the project's; nothing in `make test` needs it.
+MEDIAPIPE_VENV := .venv-mediapipe
+$(MEDIAPIPE_VENV)/.installed:
+	test -x $(MEDIAPIPE_VENV)/bin/python || $(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet mediapipe==0.10.21
+	touch $@
+
+bench-mediapipe: $(MEDIAPIPE_VENV)/.installed
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -67,4 +78,4 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(MEDIAPIPE_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

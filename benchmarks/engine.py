@@ -1,12 +1,20 @@
-"""The deployed int8 engine against every peer, in one run.
+"""The deployed int8 engine against every peer, in one run, on any CPU.
 
 Speed: ONNX Runtime FP32 on the published graph (the denominator), OpenVINO FP32 and (where
 the CPU has bf16) OpenVINO with the bf16 hint on the same graph, the graph that
 `onnxruntime.quantization.quantize_static` makes of it (MinMax, QDQ, per-channel int8
 weights, uint8 activations, calibrated on the 120 frames of the sample clip with the FP32
 states carried; what a user would pick instead; cached) on ONNX Runtime and on OpenVINO, and
-our artifact's exported int8 graph on both runtimes (W4A4 too with --w4a4), at 512x288 ds 1,
-640x360 ds 1, 1280x720 ds 0.375 and 1920x1080 ds 0.25. OpenVINO engines compile static
+our artifacts' exported int8 graphs on both runtimes: the W8A8 artifact (calibrated for VNNI,
+`--artifact`) and the saturation-safe one (`--int8-target avx2`, `--avx2`) side by side, so a
+fleet of mixed CPUs can choose one knowing what the other costs (W4A4 too with --w4a4), and
+MediaPipe's selfie segmentation, the speed floor of the field (`--mediapipe`; its own
+environment, `make bench-mediapipe`), at 512x288 ds 1, 640x360 ds 1, 1280x720 ds 0.375 and
+1920x1080 ds 0.25. A row this CPU cannot run exactly (int8 kernels that saturate here: 8-bit
+weights on x86 without VNNI) is timed and marked. The report names the CPU model and class
+(`engine.cpu.cpu_class`; on a VNNI CPU, `ONEDNN_MAX_CPU_ISA=AVX2` makes OpenVINO run its AVX2
+kernels, rows and denominator alike, and the class says so) and is written per class:
+docs/benchmarks/engine-<class>.md. OpenVINO engines compile static
 shapes per size (`engine.openvino_engine`). The engines are interleaved over rounds (state
 carried, sample-clip frames resized), so machine noise hits all alike; medians of the rounds,
 ratios against FP32.
@@ -16,8 +24,8 @@ quantize_static, our int8 engine and the simulation it deploys, beside each othe
 engine against the simulation over the sample clip, and, for scale, how far the simulation
 itself moves when every conv output gets float-rounding-sized noise (1e-6 relative).
 
-    python benchmarks/engine.py [--artifact DIR] [--rounds 3] [--frames 30]
-        [--w4a4 DIR] [--parity-artifacts DIR ...] [--skip-quality]
+    python benchmarks/engine.py [--artifact DIR] [--avx2 DIR] [--mediapipe] [--rounds 3]
+        [--frames 30] [--w4a4 DIR] [--parity-artifacts DIR ...] [--skip-quality]
 
 Past 400 lines on purpose: every engine of the run, their quality and parity and the report
 are one measurement; the ratios mean something only because they come from one run.
@@ -29,8 +37,10 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -51,25 +61,35 @@ from onnxruntime.quantization import (
 )
 
 from ptq4vm_core.artifact import load_artifact, read_manifest
+from ptq4vm_core.artifact.saturation import PAIR_BOUND, check_saturation, pair_sums
 from ptq4vm_core.assets import sample_clip_path, weights_path
 from ptq4vm_core.bench import bench_frames, run_benchmark
 from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
+from ptq4vm_core.engine.cache import cached_export
+from ptq4vm_core.engine.cpu import cpu_class, cpu_model, int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
-from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, cpu_has_bf16, openvino_version
+from ptq4vm_core.engine.openvino_engine import (
+    OpenVinoEngine,
+    OpenVinoUnavailableError,
+    cpu_has_bf16,
+    openvino_version,
+)
 from ptq4vm_core.engine.ort_engine import OrtEngine, default_threads
 from ptq4vm_core.engine.rvm_graph import prepare
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.evaluate import evaluate_clips
-from ptq4vm_core.io.metrics import METRIC_NAMES
 from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.paths import cache_root
 from ptq4vm_core.quant.model import quant_layers
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_report import write
+from mediapipe_client import MODELS as MEDIAPIPE_MODELS
+from mediapipe_client import MediaPipeEngine, mediapipe_available
+
 CASES = [("512x288", 1.0), ("640x360", 1.0), ("1280x720", 0.375), ("1920x1080", 0.25)]
 DEFAULT_ARTIFACT = cache_root() / "bench" / "baselines" / "qdrop-w8a8-standard"
 QS_MODEL = cache_root() / "bench" / "engine" / "rvm-quantize-static-minmax-qdq.onnx"
@@ -80,10 +100,16 @@ LABELS = {
     "ov_bf16": "OpenVINO, the FP32 graph with the bf16 precision hint",
     "qs_ort": "`quantize_static` (per-channel QDQ, MinMax) on ONNX Runtime",
     "qs_ov": "`quantize_static` on OpenVINO, static shapes",
-    "ours_ort": "our artifact's int8 graph on ONNX Runtime",
-    "ours_ov": "our artifact's int8 graph on OpenVINO, static shapes, OpenVINO's form",
+    "ours_ort": "our W8A8 artifact's int8 graph on ONNX Runtime (its exact u8u8 kernels where "
+    "u8 x s8 saturates)",
+    "ours_ov": "our W8A8 artifact's int8 graph on OpenVINO, static shapes, OpenVINO's form",
     "ov_bf16_alpha": "OpenVINO bf16 asked for alpha only (what a stream asks)",
-    "ours_ov_alpha": "ours on OpenVINO asked for alpha only (streams, /v1/matte)",
+    "ours_ov_alpha": "ours W8A8 on OpenVINO asked for alpha only (streams, /v1/matte)",
+    "avx2_ort": "our AVX2-target artifact (7-bit dense weights) on ONNX Runtime",
+    "avx2_ov": "our AVX2-target artifact on OpenVINO, static shapes",
+    "avx2_ov_alpha": "the AVX2 target on OpenVINO asked for alpha only",
+    "mediapipe": "MediaPipe selfie segmentation (landscape model, its own process; timed inside "
+    "it)",
     "w4a4_ort": "a W4A4 artifact on ONNX Runtime",
     "w4a4_ov": "a W4A4 artifact on OpenVINO",
 }
@@ -155,6 +181,9 @@ def speed(engines: dict[str, Engine], rounds: int, frames: int) -> list[dict[str
                 # (ONNX Runtime's intra-op threads, OpenVINO's workers) and would take cycles
                 # from this one: let it go idle first, as it would with one engine per process.
                 time.sleep(PAUSE_S)
+                if isinstance(engine, MediaPipeEngine):
+                    runs[key].append(timed(engine.bench(data)))
+                    continue
                 runs[key].append(run_benchmark(engine, data, ratio, warmup=3).as_dict())
         row: dict[str, Any] = {"size": size, "downsample_ratio": ratio}
         for key in engines:
@@ -167,12 +196,25 @@ def speed(engines: dict[str, Engine], rounds: int, frames: int) -> list[dict[str
     return rows
 
 
-def alpha_diffs(a: Engine, b: Engine, count: int = 120) -> NDArray[np.float64]:
-    """Per frame mean and max |alpha_a - alpha_b| over the sample clip at ratio 1, [count, 2]."""
+def timed(ms: list[float]) -> dict[str, float]:
+    """`run_benchmark`'s figures from per-frame milliseconds timed elsewhere."""
+    values = np.asarray(ms)
+    return {
+        "fps": float(1e3 * len(values) / values.sum()),
+        "ms_p50": float(np.percentile(values, 50)),
+        "ms_p99": float(np.percentile(values, 99)),
+    }
+
+
+def alpha_diffs(
+    a: Engine, b: Engine, count: int = 120, *, negate: bool = False
+) -> NDArray[np.float64]:
+    """Per frame mean and max |alpha_a - alpha_b| over the sample clip at ratio 1, [count, 2];
+    `negate`: its frames negated (bright pixels: the largest u8 inputs an int8 conv sees)."""
     state_a = state_b = None
     out = []
     for _, frame in zip(range(count), iter_frames(sample_clip_path()), strict=False):
-        src = frames_to_batch([frame])
+        src = frames_to_batch([255 - frame if negate else frame])
         ra, rb = a.infer(src, state_a, 1.0), b.infer(src, state_b, 1.0)
         state_a, state_b = ra.state, rb.state
         diff = np.abs(ra.pha - rb.pha)
@@ -195,17 +237,28 @@ def noisy_simulation(artifact: Path) -> TorchEngine:
 
 
 def parity(artifact: Path, kind: EngineKind) -> dict[str, Any]:
-    deployed, sim = load_engine(str(artifact), kind), load_engine(str(artifact), "sim")
+    """The engine `kind` runs `artifact` on here against its simulation, over the sample clip
+    and over its negated frames; where this CPU refuses the engine, the reason."""
+    manifest = read_manifest(artifact)
+    row: dict[str, Any] = {"artifact": artifact.name, "bits": manifest.bits,
+                           "target": manifest.int8_target.value}  # fmt: skip
+    try:
+        deployed = load_engine(str(artifact), kind)
+    except OpenVinoUnavailableError as exc:
+        return row | {"engine": f"{kind.value}: refused", "refused": str(exc)}
+    sim = load_engine(str(artifact), "sim")
     d = alpha_diffs(deployed, sim)
+    neg = alpha_diffs(deployed, sim, negate=True)
     own = alpha_diffs(sim, noisy_simulation(artifact))
-    return {
-        "artifact": artifact.name,
-        "bits": read_manifest(artifact).bits,
+    return row | {
         "engine": deployed.name,
         "mean": float(d[:, 0].mean()),
         "max": float(d[:, 1].max()),
+        "worst_frame": float(d[:, 0].max()),
         "first20": float(d[:20, 0].mean()),
         "last20": float(d[-20:, 0].mean()),
+        "negated_mean": float(neg[:, 0].mean()),
+        "negated_worst_frame": float(neg[:, 0].max()),
         "sim_noise_mean": float(own[:, 0].mean()),
     }
 
@@ -215,132 +268,44 @@ def quality(engines: dict[str, Engine]) -> dict[str, dict[str, float]]:
     return {k: evaluate_clips(e, clips, reference=engines["fp32"]) for k, e in engines.items()}
 
 
-def write(
-    meta: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any], name: str = "engine"
-) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, **extra}, indent=2))
-    keys = meta["engines"]
-    lines = [
-        "# Deployed int8 engine vs every peer, in one run",
-        "",
-        f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}, "
-        f"{meta['threads']} threads, onnxruntime {meta['onnxruntime']}, openvino "
-        f"{meta['openvino']}). Ours: artifact `{meta['artifact']}` ({meta['bits']}); deployed "
-        f"engine `{meta['engine']}`. Medians of {meta['rounds']} interleaved rounds of "
-        f"{meta['frames']} frames, recurrent state carried; ratios are fps against ORT FP32 "
-        f"measured in the same rounds. Load average at the start: {meta['load']}. "
-        f"{meta['note']}",
-        "",
-        "Engines: " + "; ".join(f"`{k}` = {LABELS[k]}" for k in keys) + ".",
-        "",
-        "| size | ds | " + " | ".join(keys) + " |",
-        "|---|---|" + "---|" * len(keys),
-    ]
-    for r in rows:
-        speeds = [
-            f"{r[f'{k}_ms_p50']:.1f} ms ({r[f'{k}_over_fp32']:.2f}x)" if f"{k}_fps" in r else "-"
-            for k in keys
-        ]
-        lines.append(f"| {r['size']} | {r['downsample_ratio']} | " + " | ".join(speeds) + " |")
-    lines += [
-        "",
-        "Cells: median ms per frame (p50) and fps over ORT FP32. Ours (the deployed `auto`: "
-        "OpenVINO) against the peers:",
-        "",
-        "| size | ds | ours / ORT FP32 | ours / OpenVINO bf16 | ours / quantize_static (best "
-        "runtime) |",
-        "|---|---|---|---|---|",
-    ]
-    # `auto` runs OpenVINO where it is installed (the deployed engine here).
-    lines += _ratio_rows(rows, "ours_ov", "ov_bf16")
-    if any("ours_ov_alpha_fps" in r for r in rows):
-        lines += [
-            "",
-            "As a stream asks (alpha only; the FP32 denominator and `quantize_static` compute "
-            "the foreground too, OpenVINO bf16 is asked for alpha only like ours):",
-            "",
-            "| size | ds | ours alpha / ORT FP32 | ours alpha / OpenVINO bf16 alpha | "
-            "ours alpha / quantize_static (best runtime) |",
-            "|---|---|---|---|---|",
-        ]
-        lines += _ratio_rows(rows, "ours_ov_alpha", "ov_bf16_alpha")
-    lines += ["", f"![fps]({name}.png)", ""]
-    if "quality" in extra:
-        lines += [
-            "## Quality on the evaluation clips",
-            "",
-            "MAD and MSE x1e3, Grad and Conn /1e3, dtSSD x1e2; MAD vs FP32 = mean |alpha - FP32 "
-            "alpha| x1e3; mean over the clips built from the sample clip (`calib.evalclips`).",
-            "",
-            "| model | " + " | ".join(METRIC_NAMES) + " | MAD vs FP32 | MAD / FP32 MAD |",
-            "|---" * (len(METRIC_NAMES) + 3) + "|",
-        ]
-        fp32_mad = extra["quality"]["fp32"]["MAD"]
-        for key, m in extra["quality"].items():
-            cells = " | ".join(f"{m[k]:.3f}" for k in (*METRIC_NAMES, "MAD_vs_fp32"))
-            lines.append(f"| {key} | {cells} | {m['MAD'] / fp32_mad:.3f} |")
-        lines.append("")
-    if extra.get("parity"):
-        lines += [
-            "## Parity with the simulation",
-            "",
-            "Each of our engines against the PyTorch simulation of the same artifact over the "
-            "120 frames of the sample clip at ratio 1, state carried (|alpha diff|, x255 = alpha "
-            "levels). `sim vs noisy sim`: the simulation against itself with 1e-6 relative noise "
-            "on every conv output, i.e. how much float summation order alone moves this model.",
-            "",
-            "| artifact | bits | engine | mean x255 | max | first 20 x255 | last 20 x255 "
-            "| sim vs noisy sim x255 |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for p in extra["parity"]:
-            lines.append(
-                f"| {p['artifact']} | {p['bits']} | {p['engine']} | {255 * p['mean']:.2f} | "
-                f"{p['max']:.3f} | {255 * p['first20']:.2f} | {255 * p['last20']:.2f} | "
-                f"{255 * p['sim_noise_mean']:.2f} |"
-            )
-        lines.append("")
-    (OUT / f"{name}.md").write_text("\n".join(lines))
-
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(keys)
-    for i, key in enumerate(keys):
-        xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))]
-        ys = [r.get(f"{key}_over_fp32", 0.0) for r in rows]
-        bars = ax.bar(xs, ys, width, label=key)
-        ax.bar_label(bars, [f"{y:.2f}" for y in ys], fontsize=6)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(rows)), [f"{r['size']}\nds {r['downsample_ratio']}" for r in rows])
-    ax.set_ylabel("fps / ORT FP32 (same run)")
-    ax.set_title(f"RVM on this CPU ({meta['threads']} threads): speed over ORT FP32")
-    ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(OUT / f"{name}.png", dpi=120)
-    print(f"wrote {OUT / f'{name}.md'}")
+def graph_pairs_safe(model: Path) -> bool:
+    """Whether every dense conv weight of an int8 ONNX graph (int8 initializers [O, I, kH, kW]
+    with I > 1) keeps its pairs within int16 under u8 inputs (`artifact.saturation`)."""
+    graph = onnx.load(str(model))
+    for init in graph.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4 and init.dims[1] > 1:
+            q = torch.from_numpy(onnx.numpy_helper.to_array(init).astype(np.int32))
+            if int(pair_sums(q).max()) > PAIR_BOUND:
+                return False
+    return True
 
 
-def _ratio_rows(rows: list[dict[str, Any]], ours_key: str, bf16_key: str) -> list[str]:
-    """Per size: `ours_key`'s fps over ORT FP32, over `bf16_key` and over the faster
-    `quantize_static` runtime, as table rows."""
-    lines = []
-    for r in rows:
-        ours = r[f"{ours_key}_fps"]
-        bf16 = r.get(f"{bf16_key}_fps")
-        qs = max(r.get("qs_ort_fps", 0.0), r.get("qs_ov_fps", 0.0))
-        lines.append(
-            f"| {r['size']} | {r['downsample_ratio']} | {ours / r['fp32_fps']:.2f}x | "
-            + (f"{ours / bf16:.2f}x" if bf16 else "-")
-            + f" | {ours / qs:.2f}x |"
+def int8_openvino(artifact: Path, key: str, marks: dict[str, str]) -> Engine:
+    """The artifact on OpenVINO; where this CPU refuses it (8-bit weights, no VNNI), the same
+    compiled graph built directly, timed, and marked as not exact here."""
+    try:
+        return load_engine(str(artifact), EngineKind.OPENVINO)
+    except OpenVinoUnavailableError:
+        graphs = cached_export(artifact)
+        marks[key] = SATURATES
+        name = f"openvino-int8-{graphs.report['bits']}-saturating"
+        return OpenVinoEngine(
+            {True: graphs.openvino_full_resolution, False: graphs.openvino_general}, name=name
         )
-    return lines
 
 
-def peers(artifact: Path, w4a4: Path | None) -> dict[str, Engine]:
-    """Every engine of the run, ORT FP32 first (the ratios' denominator)."""
+SATURATES = "int8 kernels that saturate on this CPU (8-bit weights, x86 without VNNI)"
+
+
+def peers(
+    artifact: Path, avx2: Path | None, w4a4: Path | None, mediapipe: bool
+) -> tuple[dict[str, Engine], dict[str, str]]:
+    """Every engine of the run, ORT FP32 first (the ratios' denominator), and the rows that
+    are not exact on this CPU with the reason (timed all the same)."""
     weights = weights_path()
     both = {True: weights, False: weights}
     qs = quantize_static_model()
+    marks: dict[str, str] = {}
     engines: dict[str, Engine] = {
         "fp32": OrtEngine(weights, name="ort-fp32"),
         "ov_fp32": OpenVinoEngine(both, name="openvino-fp32"),
@@ -349,21 +314,50 @@ def peers(artifact: Path, w4a4: Path | None) -> dict[str, Engine]:
         engines["ov_bf16"] = OpenVinoEngine(both, name="openvino-bf16", precision="bf16")
     engines["qs_ort"] = OrtEngine(qs, name="ort-quantize-static")
     engines["qs_ov"] = OpenVinoEngine({True: qs, False: qs}, name="openvino-quantize-static")
+    if not int8_dot_exact() and not graph_pairs_safe(qs):
+        marks["qs_ort"] = marks["qs_ov"] = SATURATES
     engines["ours_ort"] = load_engine(str(artifact), EngineKind.ORT)
-    engines["ours_ov"] = load_engine(str(artifact), EngineKind.OPENVINO)
+    engines["ours_ov"] = int8_openvino(artifact, "ours_ov", marks)
+    if avx2 is not None:
+        if not check_saturation(avx2).safe:
+            raise SystemExit(f"--avx2 {avx2} is not saturation-safe: calibrate it with "
+                             "--int8-target avx2")  # fmt: skip
+        engines["avx2_ort"] = load_engine(str(avx2), EngineKind.ORT)
+        engines["avx2_ov"] = load_engine(str(avx2), EngineKind.OPENVINO)
     if "ov_bf16" in engines:
         engines["ov_bf16_alpha"] = AlphaOnly(engines["ov_bf16"])
     engines["ours_ov_alpha"] = AlphaOnly(engines["ours_ov"])
+    if "ours_ov" in marks:
+        marks["ours_ov_alpha"] = SATURATES
+    if avx2 is not None:
+        engines["avx2_ov_alpha"] = AlphaOnly(engines["avx2_ov"])
     if w4a4 is not None:
         engines["w4a4_ort"] = load_engine(str(w4a4), EngineKind.ORT)
-        engines["w4a4_ov"] = load_engine(str(w4a4), EngineKind.OPENVINO)
-    return engines
+        engines["w4a4_ov"] = int8_openvino(w4a4, "w4a4_ov", marks)
+    if mediapipe:
+        missing = mediapipe_available()
+        if missing is not None:
+            raise SystemExit(f"--mediapipe: {missing}")
+        engines["mediapipe"] = MediaPipeEngine()
+    return engines, marks
+
+
+def report_name(out: str | None) -> str:
+    """engine-<class>: one report per CPU class (vnni, avx2; avx2-capped for a VNNI CPU whose
+    OpenVINO is capped to AVX2)."""
+    if out:
+        return out
+    if int8_dot_exact():
+        return "engine-vnni"
+    return "engine-avx2-capped" if "capped" in cpu_class() else "engine-avx2"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument("--avx2", type=Path, default=None, help="an --int8-target avx2 artifact")
     parser.add_argument("--w4a4", type=Path, default=None, help="a W4A4 artifact, for the record")
+    parser.add_argument("--mediapipe", action="store_true", help="MediaPipe as a peer")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument(
@@ -371,53 +365,69 @@ def main() -> None:
         type=Path,
         nargs="*",
         default=None,
-        help="artifacts to check against their simulation (default: --artifact and --w4a4)",
+        help="artifacts to check against their simulation (default: --artifact, --avx2, --w4a4)",
     )
     parser.add_argument("--skip-quality", action="store_true", help="speed only")
     parser.add_argument("--note", default="", help="a remark for the report (e.g. machine load)")
-    parser.add_argument("--out", default="engine", help="report name under docs/benchmarks")
+    parser.add_argument("--out", default=None, help="report name (default: engine-<cpu class>)")
     args = parser.parse_args()  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     started = time.monotonic()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    engines = peers(args.artifact, args.w4a4)
-    deployed = load_engine(str(args.artifact))
+    engines, marks = peers(args.artifact, args.avx2, args.w4a4, args.mediapipe)
+    deployed = {a.name: load_engine(str(a)).name for a in (args.artifact, args.avx2) if a}
     rows = speed(engines, args.rounds, args.frames)
     extra: dict[str, Any] = {}
     if not args.skip_quality:
         # The simulation's speed does not matter here; one PyTorch thread keeps it from
         # fighting the runtimes' spinning pools for the two cores.
         torch.set_num_threads(1)
-        names = ("fp32", "ov_bf16", "qs_ort", "ours_ort", "ours_ov")
+        names = ("fp32", "ov_bf16", "qs_ort", "ours_ort", "ours_ov", "avx2_ov", "mediapipe")
         judged = {k: engines[k] for k in names if k in engines}
         judged["ours (sim)"] = load_engine(str(args.artifact), "sim")
+        if args.avx2 is not None:
+            judged["avx2 (sim)"] = load_engine(str(args.avx2), "sim")
         extra["quality"] = quality(judged)
-        checked = args.parity_artifacts or [a for a in (args.artifact, args.w4a4) if a]
+        checked = args.parity_artifacts or [a for a in (args.artifact, args.avx2, args.w4a4) if a]
         extra["parity"] = [
             parity(a, kind) for a in checked for kind in (EngineKind.ORT, EngineKind.OPENVINO)
         ]
+    name = report_name(args.out)
     command = f"python benchmarks/engine.py --rounds {args.rounds} --frames {args.frames}"
     if args.artifact != DEFAULT_ARTIFACT:
         command += f" --artifact {args.artifact}"
-    if args.w4a4 is not None:
-        command += f" --w4a4 {args.w4a4}"
+    for flag, value in (("--avx2", args.avx2), ("--w4a4", args.w4a4)):
+        if value is not None:
+            command += f" {flag} {value}"
+    if args.mediapipe:
+        command += " --mediapipe"
     if args.parity_artifacts:
         command += " --parity-artifacts " + " ".join(str(a) for a in args.parity_artifacts)
     if args.skip_quality:
         command += " --skip-quality"
-    if args.out != "engine":
+    if args.out:
         command += f" --out {args.out}"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        command = f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']} {command}"
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "cpu": cpu_model(),
+        "cpu_class": cpu_class(),
+        "onednn_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "threads": default_threads(),
         "onnxruntime": __import__("onnxruntime").__version__,
         "openvino": openvino_version(),
+        "mediapipe": engines["mediapipe"].version if "mediapipe" in engines else None,  # type: ignore[attr-defined]
+        "mediapipe_model": MEDIAPIPE_MODELS[1] if "mediapipe" in engines else None,
         "artifact": args.artifact.name,
+        "avx2": args.avx2.name if args.avx2 else None,
         "bits": read_manifest(args.artifact).bits,
-        "engine": deployed.name,
+        "deployed": ", ".join(f"`{a}` on {e}" for a, e in deployed.items()),
         "engines": list(engines),
+        "labels": {k: LABELS[k] for k in engines},
+        "marks": marks,
         "rounds": args.rounds,
         "frames": args.frames,
         "command": command,
@@ -425,7 +435,10 @@ def main() -> None:
         "load": load,
         "seconds": round(time.monotonic() - started),
     }
-    write(meta, rows, extra, args.out)
+    for engine in engines.values():
+        if isinstance(engine, MediaPipeEngine):
+            engine.close()
+    write(meta, rows, extra, name)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ class CalibrationManager:
             parent=os.getpid(),
             int8_target=job.int8_target,
             # Timed against the active model only where the job may replace it.
-            speed=s.speed_spec(active, active_path) if job.activate else None,
+            speed=s.speed_spec(active, active_path) if job.activate and s.speed_check else None,
         )
 
     def _run(self, job: Calibration) -> None:

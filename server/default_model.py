@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from ptq4vm_core.assets import sample_clip_path
+from ptq4vm_core.engine import FP32
 from ptq4vm_core.engine.cpu import default_int8_target
 from ptq4vm_core.quant.spec import Bits
 from server.calibration_protocol import ClipSpec, Progress, WorkerSpec
@@ -117,7 +118,7 @@ class DefaultModelBuilder:
             gate=None,  # the first quantized model: nothing to judge it against but fp32
             parent=os.getpid(),
             int8_target=self.target,
-            speed=s.speed_spec(self._registry.active(), self._registry.active()),
+            speed=s.speed_spec(FP32, FP32) if s.speed_check else None,
         )
         self._child = CalibrationChild(spec, files, threads=s.build_threads, nice=s.default_nice)
         self._thread = threading.Thread(target=self._run, name="ptq4vm-default-build", daemon=True)
@@ -159,8 +160,11 @@ class DefaultModelBuilder:
         version = self.version
         if version is None:
             raise RuntimeError("the default build decides only after registering its version")
-        if speed is None:
-            raise RuntimeError("the calibration process sent no speed report")
+        if speed is None:  # PTQ4VM_SPEED_CHECK off
+            self._registry.activate(version)
+            with self._lock:
+                self.activated, self.decision = True, "activated (the speed check is off)"
+            return
         incumbent = speed.incumbent_version
         if speed.faster:
             self._registry.activate(version)

@@ -13,7 +13,7 @@ import logging
 from itertools import islice
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ptq4vm_core.assets import sample_clip_path
 from ptq4vm_core.bench import bench_frames, compare_speed
@@ -52,16 +52,17 @@ class SpeedReport(BaseModel):
     cpu_class: str
     candidate_version: str
     candidate_engine: str
-    candidate_fps: float
+    candidate_fps: float = Field(gt=0)
     incumbent_version: str
     incumbent_engine: str
-    incumbent_fps: float
+    incumbent_fps: float = Field(gt=0)
+    # candidate fps / incumbent fps (> 1: the candidate is faster); computed from the figures.
+    ratio: float = 0.0
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ratio(self) -> float:
-        """candidate fps / incumbent fps (> 1: the candidate is faster)."""
-        return self.candidate_fps / self.incumbent_fps
+    @model_validator(mode="after")
+    def _ratio_from_the_figures(self) -> SpeedReport:
+        object.__setattr__(self, "ratio", self.candidate_fps / self.incumbent_fps)
+        return self
 
     @property
     def faster(self) -> bool:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from ptq4vm_core.engine.cpu import int8_dot_exact
 
 
-def deployed_int8(bits: str) -> str:
+def ort_int8(bits: str, *, safe: bool = False) -> str:
+    """ONNX Runtime's int8 engine for an artifact of `bits`: on its exact u8u8 kernels where
+    the u8 x s8 ones saturate (x86 without VNNI) and the artifact is not saturation-safe."""
+    return f"ort-int8-{bits}" if int8_dot_exact() or safe else f"ort-int8-{bits}-u8u8"
+
+
+def deployed_int8(bits: str, *, safe: bool = False) -> str:
     """The engine AUTO deploys an artifact of `bits` on: OpenVINO where its int8 convolutions
-    are exact, ONNX Runtime where they saturate (x86 without VNNI)."""
-    return f"openvino-int8-{bits}" if int8_dot_exact() else f"ort-int8-{bits}"
+    are exact (VNNI, or a saturation-safe artifact), ONNX Runtime's u8u8 kernels where they
+    saturate (x86 without VNNI)."""
+    return f"openvino-int8-{bits}" if int8_dot_exact() or safe else ort_int8(bits)

@@ -11,6 +11,7 @@ from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.cache import cached_export, optimized_path
 from ptq4vm_core.engine.export import ExportedGraphs
 from ptq4vm_core.engine.ort_engine import (
+    U8U8_PRECISION,
     OrtEngine,
     default_providers,
     hardware_tag,
@@ -27,7 +28,8 @@ class QuantizedOrtEngine:
     used for downsample ratio exactly 1, the general graph otherwise (they compute the same
     function, so a stream may change ratio without losing its state). Sessions are created on
     first use and shared by all streams; the recurrent state is an `EngineState` passed in and
-    returned, as with `OrtEngine`.
+    returned, as with `OrtEngine`. `u8u8` runs ONNX Runtime's exact u8u8 kernels where its
+    u8 x s8 ones saturate (`ort_engine.U8U8_PRECISION`; x86 without VNNI).
     """
 
     def __init__(
@@ -38,9 +40,12 @@ class QuantizedOrtEngine:
         providers: list[str] | None = None,
         root: Path | None = None,
         cache: Path | None = None,
+        u8u8: bool = False,
     ) -> None:
         self.graphs: ExportedGraphs = cached_export(Path(artifact), root=root, cache=cache)
-        self._name = f"ort-int8-{self.graphs.report['bits']}"
+        self._u8u8 = u8u8
+        suffix = "-u8u8" if u8u8 else ""
+        self._name = f"ort-int8-{self.graphs.report['bits']}{suffix}"
         self._threads = threads
         self._providers = providers or default_providers()
         self._engines: dict[bool, OrtEngine] = {}
@@ -56,12 +61,14 @@ class QuantizedOrtEngine:
             if full_resolution not in self._engines:
                 started = time.monotonic()
                 graph = self.graphs.full_resolution if full_resolution else self.graphs.general
+                tag = hardware_tag(self._providers) + ("-u8u8" if self._u8u8 else "")
                 self._engines[full_resolution] = OrtEngine(
                     graph,
                     name=self._name,
                     threads=self._threads,
                     providers=self._providers,
-                    optimized=optimized_path(graph, hardware_tag(self._providers)),
+                    optimized=optimized_path(graph, tag),
+                    config=U8U8_PRECISION if self._u8u8 else None,
                 )
                 logger.debug("session for %s in %.2f s", graph.name, time.monotonic() - started)
             return self._engines[full_resolution]

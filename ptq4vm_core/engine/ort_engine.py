@@ -8,7 +8,7 @@ import os
 import platform
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,16 +35,28 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# ONNX Runtime's session entry (kOrtSessionOptionsAvx2PrecisionMode) that, on x86 CPUs whose
+# u8 x s8 kernels saturate (no VNNI), rewrites the int8 weights of its quantized convs and
+# matmuls to u8 and runs them on the u8u8 kernels, which widen to 16 bits before multiplying:
+# exact, and slower. No effect where the CPU has VNNI or is not x86.
+U8U8_PRECISION = {"session.x64quantprecision": "1"}
+
+
 def default_providers() -> list[str]:
     """CUDA first where this onnxruntime build has it, the CPU always as the fallback."""
     available = ort.get_available_providers()
     return [p for p in (CUDA, CPU) if p in available] or [CPU]
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, config: Mapping[str, str] | None = None
+) -> ort.SessionOptions:
     """Every optimisation on, one intra-op pool of `threads` (default: all usable cores), no
-    inter-op parallelism (the graph is a chain), warnings only."""
+    inter-op parallelism (the graph is a chain), warnings only; `config`: session config
+    entries (e.g. `U8U8_PRECISION`)."""
     options = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -138,8 +150,10 @@ class OrtEngine:
         threads: int | None = None,
         providers: list[str] | None = None,
         optimized: Path | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
         available = ort.get_available_providers()
+        self._config = dict(config or {})
         self._providers = [p for p in (providers or default_providers()) if p in available] or [CPU]
         self._name = name
         self._path = Path(model_path)
@@ -157,7 +171,7 @@ class OrtEngine:
     def session_for(self, threads: int) -> ort.InferenceSession:
         with self._lock:
             if threads not in self._sessions:
-                options = session_options(threads)
+                options = session_options(threads, self._config)
                 self._sessions[threads] = create_session(
                     self._path, options, self._providers, self._optimized
                 )

@@ -218,6 +218,7 @@ def list_models(registry: RegistryDep) -> dict[str, Any]:
 @router.post(
     "/models/{version}/activate",
     response_model=ActiveModel,
+    response_model_exclude_none=True,
     responses=errors({409: "The version cannot be loaded."}),
 )
 async def activate_model(
@@ -225,14 +226,19 @@ async def activate_model(
     registry: RegistryDep,
     settings: SettingsDep,
     measure: Annotated[
-        bool, Query(description="Time it against the active model first (`speed`).")
-    ] = True,
+        bool | None,
+        Query(
+            description="Time it against the active model first (`speed`); default: "
+            "PTQ4VM_SPEED_CHECK."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Make any registered version (or fp32) active, faster or not (this is the override of
     the automatic rule); also how to roll back. The response's `speed` is the version timed
     against the model it replaced on this CPU's engines (a few seconds of work)."""
     try:
-        speed = await asyncio.to_thread(_activate, registry, settings, version, measure)
+        measured = settings.speed_check if measure is None else measure
+        speed = await asyncio.to_thread(_activate, registry, settings, version, measured)
     except ModelNotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnavailableError as exc:

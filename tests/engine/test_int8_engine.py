@@ -21,7 +21,7 @@ from ptq4vm_core.engine.cpu import int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
-from tests.hardware import deployed_int8
+from tests.hardware import deployed_int8, ort_int8
 
 ONE_LEVEL = 1 / 255
 
@@ -120,7 +120,7 @@ def test_auto_is_the_int8_engine_and_sim_the_simulation(
     assert load_engine(str(w8a8_artifact)).name == deployed_int8("w8a8")
     if int8_dot_exact():
         assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
-    assert load_engine(str(w8a8_artifact), EngineKind.ORT).name == "ort-int8-w8a8"
+    assert load_engine(str(w8a8_artifact), EngineKind.ORT).name == ort_int8("w8a8")
     assert load_engine(str(w8a8_artifact), EngineKind.SIM).name == "sim-w8a8"
     with pytest.raises(ValueError, match="does not apply to a quantized artifact"):
         load_engine(str(w8a8_artifact), EngineKind.TORCH)

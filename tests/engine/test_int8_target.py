@@ -18,6 +18,7 @@ from ptq4vm_core.artifact.saturation import PAIR_BOUND, check_saturation, pair_s
 from ptq4vm_core.artifact.verify import verify
 from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
+from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.model.recipe import MODEL_NAME, dense_convs, rvm_policy
 from ptq4vm_core.quant.spec import Int8Target, LayerPolicy, weight_spec
@@ -113,11 +114,11 @@ def test_auto_chooses_per_cpu_class(
     monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)  # AVX2-only x86
     assert load_engine(str(avx2_artifact)).name == "openvino-int8-w8a8"
     assert load_engine(str(avx2_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
-    assert load_engine(str(w8a8_artifact)).name == "ort-int8-w8a8"
+    assert load_engine(str(w8a8_artifact)).name == "ort-int8-w8a8-u8u8"
     for unsafe in (w8a8_artifact, mislabelled_artifact):
         with pytest.raises(openvino_engine.OpenVinoUnavailableError, match="not saturation-safe"):
             load_engine(str(unsafe), EngineKind.OPENVINO)
-    assert load_engine(str(mislabelled_artifact)).name == "ort-int8-w8a8"
+    assert load_engine(str(mislabelled_artifact)).name == "ort-int8-w8a8-u8u8"
     monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: True)  # VNNI
     for artifact in (avx2_artifact, w8a8_artifact, mislabelled_artifact):
         assert load_engine(str(artifact)).name == "openvino-int8-w8a8"
@@ -178,3 +179,31 @@ def test_the_avx2_target_is_exact_on_avx2_kernels(
     diffs = result["diffs"]
     assert sum(diffs) / len(diffs) <= 0.5 * ONE_LEVEL, result
     assert max(diffs) <= ONE_LEVEL, result
+
+
+def test_the_engine_benchmark_builds_its_peers_without_vnni(
+    monkeypatch: pytest.MonkeyPatch,
+    avx2_artifact: Path,
+    w8a8_artifact: Path,
+    use_engine_cache: Path,
+) -> None:
+    """benchmarks/engine.py on a CPU without VNNI: every peer is built, the W8A8 artifact's
+    OpenVINO rows (and an 8-bit `quantize_static` graph's) are timed and marked, the AVX2
+    target's are exact. The `quantize_static` graph stands in as the W8A8 export (8-bit
+    weights): making ORT's own takes minutes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import engine as bench_engine
+
+    graph = cached_export(w8a8_artifact).full_resolution
+    monkeypatch.setattr(bench_engine, "quantize_static_model", lambda: graph)
+    monkeypatch.setattr(bench_engine, "int8_dot_exact", lambda: False)
+    monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)
+    engines, marks = bench_engine.peers(w8a8_artifact, avx2_artifact, None, mediapipe=False)
+    assert {"fp32", "ov_fp32", "qs_ort", "qs_ov", "ours_ort", "ours_ov", "avx2_ort", "avx2_ov",
+            "ours_ov_alpha", "avx2_ov_alpha"} <= set(engines)  # fmt: skip
+    assert set(marks) == {"qs_ort", "qs_ov", "ours_ov", "ours_ov_alpha"}
+    assert engines["ours_ort"].name == "ort-int8-w8a8-u8u8"
+    assert engines["ours_ov"].name == "openvino-int8-w8a8-saturating"
+    assert engines["avx2_ov"].name == "openvino-int8-w8a8"
+    rows = bench_engine.speed({k: engines[k] for k in ("fp32", "avx2_ov")}, rounds=1, frames=2)
+    assert all(r["avx2_ov_fps"] > 0 for r in rows)

@@ -154,7 +154,7 @@ def test_where_int8_saturates_the_artifact_runs_on_onnx_runtime(
     monkeypatch, w8a8_artifact, use_engine_cache
 ) -> None:
     monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)
-    assert load_engine(str(w8a8_artifact)).name == "ort-int8-w8a8"
+    assert load_engine(str(w8a8_artifact)).name == "ort-int8-w8a8-u8u8"  # exact kernels
     with pytest.raises(openvino_engine.OpenVinoUnavailableError, match="saturate"):
         load_engine(str(w8a8_artifact), EngineKind.OPENVINO)
     assert load_engine("fp32").name == "openvino-fp32"  # f32 convolutions do not saturate

@@ -65,8 +65,17 @@ def make_home(root: Path, assets: Assets) -> Path:
 
 
 def settings_for(home: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: the default build off unless asked for."""
-    values: dict[str, Any] = {"home": home, "port": 0, "build_default": False}
+    """Settings for a test server: the default build and the speed check before activation off
+    unless asked for (the check at a small size, to be quick, where it is on)."""
+    values: dict[str, Any] = {
+        "home": home,
+        "port": 0,
+        "build_default": False,
+        "speed_check": False,
+        "speed_check_size": "176x144",
+        "speed_check_frames": 5,
+        "speed_check_rounds": 1,
+    }
     values.update(overrides)
     return Settings(**values)
 
