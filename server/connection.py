@@ -80,6 +80,7 @@ class Connection:
             websocket.scope, parse_networks(services.settings.trusted_proxies)
         )
         self._waiting = False  # admitted, no session yet (counted against capacity)
+        self._gone: str | None = None  # why the session it tried to resume is gone
         self._text_tokens = TEXT_BURST
         self._text_at = time.monotonic()
 
@@ -212,6 +213,9 @@ class Connection:
             if session is not None:
                 # Resumed by its first frame: the client did not ask for `started`.
                 self._attach(session, announce=False)
+            elif self._gone is not None:
+                message = f"{self._gone}; send a start message to begin a new session"
+                raise ProtocolError("session_expired", message, None)
         if self.phase is not Phase.STREAMING or self.session is None:
             raise ProtocolError(
                 "not_started",
@@ -267,6 +271,8 @@ class Connection:
                 self._check_same(session, start)
                 self._attach(session, announce=True)
                 return
+            if self._gone is not None:  # told why, then a new session starts
+                self.deliver(error("session_expired", f"{self._gone}; a new session starts"))
         sessions = self.services.sessions
         if not sessions.has_room():
             raise self._at_capacity()
@@ -280,8 +286,9 @@ class Connection:
         if proposed is not None and sessions.get(proposed) is not None:
             proposed = None  # another connection started it while the model loaded
         session = Session(
-            start, ratio, lease, self.services.scheduler, self.services.metrics, proposed
-        )
+            start, ratio, lease, self.services.scheduler, self.services.metrics, proposed,
+            client=self.client,
+        )  # fmt: skip
         self.session = session
         sessions.add(session, self)
         self._got_session()
@@ -298,8 +305,13 @@ class Connection:
         )
 
     def _resumable(self) -> Session | None:
+        """The session to resume, once; None when it is gone (then `_gone` says why, where
+        it existed recently) or never existed."""
         assert self.resume_id is not None
-        session = self.services.sessions.get(self.resume_id)
+        sessions = self.services.sessions
+        session = sessions.get(self.resume_id)
+        reason = sessions.gone(self.resume_id) if session is None else None
+        self._gone = None if reason is None else f"session {self.resume_id} is gone: {reason}"
         self.resume_id = None  # one try; otherwise a new session starts
         return session
 

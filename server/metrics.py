@@ -56,6 +56,11 @@ class Metrics:
             "Sessions whose WebSocket dropped, kept for resumption until their TTL.",
             registry=r,
         )
+        self.sessions_evicted = Counter(
+            "ptq4vm_stream_sessions_evicted",
+            "Detached sessions evicted to make room for a live client.",
+            registry=r,
+        )
         self.sessions_started = Counter(
             "ptq4vm_stream_sessions_started", "Sessions started.", registry=r
         )

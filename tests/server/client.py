@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -40,10 +42,14 @@ class Stream:
         width: int = 176,
         height: int = 144,
         headers: dict[str, str] | None = None,
+        source: str | None = None,
         **fields: Any,
     ) -> None:
+        """`source`: the local address to connect from (e.g. 127.0.0.2: another client
+        address on loopback)."""
         self.url = url if session is None else f"{url}?session={session}"
         self.headers = headers
+        self.source = source
         self.fields: dict[str, Any] = {"type": "start", "width": width, "height": height}
         self.fields.update(fields)
         self.send_start = start
@@ -52,8 +58,15 @@ class Stream:
 
     def __enter__(self) -> Stream:
         # Entering the connection is how websockets >= 17.1 wants it used (no legacy mode).
+        sock = None
+        if self.source is not None:
+            parts = urlsplit(self.url)
+            sock = socket.create_connection(
+                (parts.hostname, parts.port), timeout=30, source_address=(self.source, 0)
+            )
         self.ws = connect(
             self.url,
+            sock=sock,
             compression=None,
             max_size=None,
             open_timeout=30,
@@ -109,3 +122,9 @@ class Stream:
     def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
+
+    def vanish(self) -> None:
+        """Drop the TCP connection without a closing handshake (a client that disappears)."""
+        self.conn.socket.shutdown(socket.SHUT_RDWR)
+        self.conn.socket.close()
+        self.ws = None

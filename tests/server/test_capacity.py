@@ -1,0 +1,130 @@
+"""Fair capacity (DESIGN 4.3.9, issue 26): two real client addresses on loopback (127.0.0.1 and
+127.0.0.2 as source addresses). Detached sessions never keep a live client out; one address
+holds at most its share, attached and detached together."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from tests.server.client import Stream
+from tests.server.conftest import RunningServer, ServerFactory
+
+HOSTILE, FRIEND = "127.0.0.2", "127.0.0.1"
+MAX_SESSIONS, PER_CLIENT = 6, 3
+FIRST_MATTE_S = 2.0
+
+
+@pytest.fixture
+def tight(start_server: ServerFactory) -> RunningServer:
+    """Few sessions, a small share per address, and detached sessions kept for minutes (so
+    only eviction can free them within a test)."""
+    return start_server(
+        max_sessions=MAX_SESSIONS, max_connections_per_client=PER_CLIENT, session_ttl_s=600.0
+    )
+
+
+def start_and_vanish(server: RunningServer, source: str, count: int) -> list[str]:
+    """`count` times: connect from `source`, start a session, drop the TCP connection."""
+    ids = []
+    clients = server.services.sessions._clients
+    for _ in range(count):
+        stream = server.stream(source=source, input="rgb24").__enter__()
+        ids.append(stream.started["session"])
+        stream.vanish()
+        deadline = time.monotonic() + 10
+        while clients[source]:  # the server noticed the drop (as a real flood waits for 1013)
+            assert time.monotonic() < deadline, "the dropped connection is still counted"
+            time.sleep(0.01)
+    return ids
+
+
+def detached(server: RunningServer, source: str, timeout: float = 10.0) -> int:
+    """The server's detached sessions from `source`, once every vanished socket is noticed."""
+    sessions = server.services.sessions
+    deadline = time.monotonic() + timeout
+    while sessions.waiting or sessions.attached():
+        assert time.monotonic() < deadline, "vanished connections still counted as open"
+        time.sleep(0.05)
+    return sum(1 for s in sessions._sessions.values() if s.client == source)
+
+
+def first_matte_s(server: RunningServer, frame: bytes, source: str = FRIEND) -> float:
+    started = time.monotonic()
+    with server.stream(source=source, input="rgb24") as stream:
+        assert stream.started["type"] == "started"
+        stream.matte(frame)
+    return time.monotonic() - started
+
+
+def test_a_start_and_vanish_flood_leaves_another_address_served(
+    tight: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    frame = clip_rgb[0].tobytes()
+    first_matte_s(tight, frame)  # the shape compiled before anything is timed
+    start_and_vanish(tight, HOSTILE, 5 * MAX_SESSIONS)
+    # The flooding address keeps its share, no more, attached and detached together.
+    assert detached(tight, HOSTILE) == PER_CLIENT
+    assert first_matte_s(tight, frame) <= FIRST_MATTE_S
+    evicted = tight.services.metrics.sessions_evicted._value.get()
+    assert evicted >= 5 * MAX_SESSIONS - PER_CLIENT
+
+
+def test_detached_sessions_are_evicted_before_anyone_is_refused(
+    tight: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    """Every session of the server detached (from two other addresses, each within its share):
+    a live client still gets in at once, by evicting the oldest; a client resuming an evicted
+    session is told why and starts afresh."""
+    frame = clip_rgb[0].tobytes()
+    old = start_and_vanish(tight, "127.0.0.3", PER_CLIENT)
+    start_and_vanish(tight, HOSTILE, PER_CLIENT)
+    assert len(tight.services.sessions._sessions) == MAX_SESSIONS
+    assert first_matte_s(tight, frame) <= FIRST_MATTE_S
+    with Stream(tight.ws, session=old[0], source="127.0.0.3", input="rgb24", start=False) as s:
+        s.send_json({"type": "start", "width": 176, "height": 144, "input": "rgb24"})
+        told = s.recv_json()
+        assert (told["type"], told["code"]) == ("error", "session_expired"), told
+        assert "evicted" in told["message"]
+        started = s.recv_json()
+        assert started["type"] == "started"
+        assert started["resumed"] is False
+        assert s.matte(frame)[0]["type"] == "matte"
+    # Resumed by a first frame instead: told why, and the connection stays usable.
+    with Stream(tight.ws, session=old[1], source="127.0.0.3", start=False) as s:
+        s.conn.send(frame)
+        told = s.recv_json()
+        assert (told["type"], told["code"]) == ("error", "session_expired"), told
+
+
+def test_a_detached_session_resumes_while_there_is_room(
+    tight: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    frame = clip_rgb[0].tobytes()
+    with tight.stream(source=HOSTILE, input="rgb24") as first:
+        session = first.started["session"]
+        first.matte(frame)
+        first.vanish()
+    start_and_vanish(tight, FRIEND, PER_CLIENT)  # the other address's share, all detached
+    with Stream(tight.ws, session=session, source=HOSTILE, input="rgb24") as again:
+        assert again.started["resumed"] is True
+        assert again.started["session"] == session
+        meta, _ = again.matte(frame)
+        assert meta["seq"] == 1
+
+
+def test_an_address_at_its_share_of_live_sessions_is_refused(
+    tight: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    """Attached sessions are never evicted: an address with its whole share live gets 1013."""
+    streams = [tight.stream(source=HOSTILE, input="rgb24").__enter__() for _ in range(PER_CLIENT)]
+    try:
+        with pytest.raises(Exception, match=r"1013|too_many"), tight.stream(source=HOSTILE):
+            pass
+        assert first_matte_s(tight, clip_rgb[0].tobytes()) <= FIRST_MATTE_S
+    finally:
+        for stream in streams:
+            stream.close()
