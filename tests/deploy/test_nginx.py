@@ -369,3 +369,25 @@ def test_forwarded_addresses_and_the_page_origin(cluster: Cluster) -> None:
     with connect(cluster.url, compression=None, additional_headers=origin) as page:
         page.send('{"type":"ping","id":"page"}')
         assert page.recv(timeout=30) == '{"type":"pong","id":"page"}'
+
+
+def test_a_forwarded_flood_leaves_other_clients_served(
+    cluster: Cluster, frames: list[bytes]
+) -> None:
+    """One client behind nginx starts sessions and drops them, far more than both workers'
+    capacity (32 each): each worker keeps at most its per-address share of them (the address
+    is X-Forwarded-For's, not nginx's), and another client gets its first matte at once."""
+    hostile = {"X-Forwarded-For": "10.66.0.1"}
+    for _ in range(70):
+        stream = Stream(cluster.url, input="rgb24", headers=hostile).__enter__()
+        stream.vanish()
+        deadline = time.monotonic() + 10
+        while any(w.metric("ptq4vm_stream_sessions_active") for w in cluster.workers):
+            assert time.monotonic() < deadline, "a dropped connection is still counted"
+            time.sleep(0.02)
+    held = [w.metric("ptq4vm_stream_sessions_detached") for w in cluster.workers]
+    assert all(count <= 8 for count in held), held  # PTQ4VM_MAX_CONNECTIONS_PER_CLIENT
+    started = time.monotonic()
+    with cluster.stream() as friend:
+        friend.matte(frames[0])
+    assert time.monotonic() - started <= 2.0
