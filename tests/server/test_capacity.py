@@ -4,6 +4,10 @@ holds at most its share, attached and detached together."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import statistics
+import threading
 import time
 
 import numpy as np
@@ -128,3 +132,56 @@ def test_an_address_at_its_share_of_live_sessions_is_refused(
     finally:
         for stream in streams:
             stream.close()
+
+
+def lockstep_latencies(stream: Stream, frame: bytes, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        started = time.monotonic()
+        stream.matte(frame)
+        out.append(time.monotonic() - started)
+    return out
+
+
+def test_a_frame_flood_leaves_another_sessions_latency_within_bounds(
+    tight: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    """One session sends frames as fast as the socket takes them (reading its mattes, so it is
+    not cut off as a slow reader); another, in lockstep from another address, keeps its
+    latency: the scheduler serves streams round-robin and drops the flooder's stale frames."""
+    frame = clip_rgb[0].tobytes()
+    stop = threading.Event()
+    with tight.stream(source=FRIEND, input="rgb24") as witness:
+        lockstep_latencies(witness, frame, 3)  # warm
+        calm = statistics.median(lockstep_latencies(witness, frame, 15))
+        with tight.stream(source=HOSTILE, input="rgb24") as flooder:
+            received = []
+
+            def drain() -> None:
+                with contextlib.suppress(Exception):
+                    while not stop.is_set():
+                        received.append(flooder.conn.recv(timeout=1))
+
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+
+            def flood() -> None:
+                with contextlib.suppress(Exception):
+                    while not stop.is_set():
+                        flooder.conn.send(frame)
+
+            sender = threading.Thread(target=flood, daemon=True)
+            sender.start()
+            try:
+                time.sleep(0.5)
+                loaded = lockstep_latencies(witness, frame, 15)
+            finally:
+                stop.set()
+                sender.join(timeout=10)
+                reader.join(timeout=10)
+    # Round-robin with one other stream: about two frames' time; the bound leaves room for a
+    # loaded machine, not for a queue behind the flood (which would grow with its length).
+    assert statistics.median(loaded) <= 4 * calm + 0.5, (calm, loaded)
+    assert max(loaded) <= 10 * calm + 2.0, (calm, loaded)
+    mattes = [json.loads(m) for m in received if isinstance(m, str)]
+    assert any(m.get("dropped") for m in mattes if m["type"] == "matte"), "nothing was dropped"
