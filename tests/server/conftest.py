@@ -212,12 +212,14 @@ class DefaultBuild:
 def default_build(
     tmp_path_factory: pytest.TempPathFactory, assets: Assets, clip_rgb: list[Any]
 ) -> Iterator[DefaultBuild]:
-    """A server on an empty registry with the default build on (MinMax, fast profile):
-    streams FP32 while it builds, then registers and activates the W8A8 model."""
+    """A server on an empty registry with the default build on (MinMax, fast profile) and the
+    speed check: streams FP32 while it builds, then registers the W8A8 model for this CPU's
+    class and activates it where it is faster here."""
     home = make_home(tmp_path_factory.mktemp("default-home"), assets)
     settings = settings_for(
-        home, build_default=True, default_method="minmax", default_profile="fast"
-    )
+        home, build_default=True, default_method="minmax", default_profile="fast",
+        speed_check=True,
+    )  # fmt: skip
     server = RunningServer(settings).start()
     started = time.monotonic()
     states: list[str] = []
@@ -238,7 +240,8 @@ def default_build(
                 time.sleep(1.0)
             registry = http.get("/v1/models").json()
         assert info["state"] == "done", info
-        version = registry["active"]
+        version = info["version"]
+        assert registry["active"] == (version if info["activated"] else "fp32"), info
         yield DefaultBuild(
             home=home,
             version=version,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from ptq4vm_core.engine.cpu import default_int8_target
 from tests.server.client import decode_png
 from tests.server.conftest import (
     BUILD_TIMEOUT_S,
@@ -110,6 +111,13 @@ def test_embedded_default_builds_and_activates(default_build: DefaultBuild) -> N
     manifest = json.loads((default_build.artifact / "manifest.json").read_text())
     assert manifest["bits"] == "w8a8"
     assert manifest["profile"] == "fast"
+    # Built for this CPU's int8 kernels, and activated only where faster (both figures given).
+    assert manifest["int8_target"] == info["int8_target"] == default_int8_target().value
+    speed = info["speed"]
+    assert speed["incumbent_version"] == "fp32"
+    assert info["activated"] is (speed["candidate_fps"] > speed["incumbent_fps"])
+    assert f"{speed['candidate_fps']:.1f} fps" in info["decision"]
+    assert f"{speed['incumbent_fps']:.1f} fps" in info["decision"]
     assert not list((default_build.home / "models").glob(".default-build-*"))
 
 
