@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from websockets.asyncio.client import connect
 
 from ptq4vm_core.assets import sample_clip_path
 from ptq4vm_core.cli.common import parse_size
+from ptq4vm_core.engine.cpu import cpu_class, cpu_model
 from ptq4vm_core.io.video import iter_frames
 
 
@@ -220,13 +220,12 @@ TUNING = ("PTQ4VM_THREADS", "PTQ4VM_INFER_WORKERS", "PTQ4VM_MAX_BATCH")
 
 def run_header(script: str) -> dict[str, str]:
     """Command (with the tuning variables set), date and machine of a benchmark run, as every
-    report states them."""
+    report states them: the CPU's model and class (VNNI or AVX2-only, `engine.cpu`)."""
     env = "".join(f"{k}={os.environ[k]} " for k in TUNING if k in os.environ)
     return {
         "command": f"{env}python benchmarks/{script} " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        "machine": f"{cpu_model()} ({cpu_class()}), {len(os.sched_getaffinity(0))} cores",
     }
 
 
