@@ -47,16 +47,24 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.cache
 def cpu_model() -> str:
-    """The CPU's model name (the first `model name` line of /proc/cpuinfo), else what
-    `platform.processor()` says, else the architecture."""
+    """The CPU's model name (the first `model name` line of /proc/cpuinfo, with its family and
+    model numbers, which tell generations apart where the name does not: a VM's "AMD EPYC" is
+    Zen 3 at family 25 model 1, Zen 4 at model 17), else what `platform.processor()` says,
+    else the architecture."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or machine()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if name is None:
+        return platform.processor() or machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def cpu_class() -> str:
