@@ -168,10 +168,15 @@ def quantize_static_model() -> Path:
     return QS_MODEL
 
 
-def speed(engines: dict[str, Engine], rounds: int, frames: int) -> list[dict[str, Any]]:
+def speed(
+    engines: dict[str, Engine],
+    rounds: int,
+    frames: int,
+    cases: list[tuple[str, float]] | None = None,
+) -> list[dict[str, Any]]:
     clip = [f for _, f in zip(range(30), iter_frames(sample_clip_path()), strict=False)]
     rows = []
-    for size, ratio in CASES:
+    for size, ratio in cases or CASES:
         width, height = (int(v) for v in size.split("x"))
         data = bench_frames(clip, width, height, frames)
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
@@ -368,6 +373,12 @@ def main() -> None:
         help="artifacts to check against their simulation (default: --artifact, --avx2, --w4a4)",
     )
     parser.add_argument("--skip-quality", action="store_true", help="speed only")
+    parser.add_argument(
+        "--cases",
+        nargs="*",
+        default=None,
+        help="sizes to time as WxH:RATIO (default: the four of CASES), e.g. 1280x720:0.375",
+    )
     parser.add_argument("--note", default="", help="a remark for the report (e.g. machine load)")
     parser.add_argument("--out", default=None, help="report name (default: engine-<cpu class>)")
     args = parser.parse_args()  # fmt: skip
@@ -377,7 +388,8 @@ def main() -> None:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     engines, marks = peers(args.artifact, args.avx2, args.w4a4, args.mediapipe)
     deployed = {a.name: load_engine(str(a)).name for a in (args.artifact, args.avx2) if a}
-    rows = speed(engines, args.rounds, args.frames)
+    cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases or []] or None
+    rows = speed(engines, args.rounds, args.frames, cases)
     extra: dict[str, Any] = {}
     if not args.skip_quality:
         # The simulation's speed does not matter here; one PyTorch thread keeps it from
@@ -406,6 +418,8 @@ def main() -> None:
         command += " --parity-artifacts " + " ".join(str(a) for a in args.parity_artifacts)
     if args.skip_quality:
         command += " --skip-quality"
+    if args.cases:
+        command += " --cases " + " ".join(args.cases)
     if args.out:
         command += f" --out {args.out}"
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):

@@ -74,7 +74,8 @@ class MediaPipeEngine:
     def infer(
         self, src: Float32Array, state: Any, downsample_ratio: float, *, alpha_only: bool = False
     ) -> EngineOutput[Any]:
-        """src [B,3,H,W] float32 RGB in [0,1] -> pha [B,1,H,W]; no foreground, no state."""
+        """src [B,3,H,W] float32 RGB in [0,1] -> pha [B,1,H,W]; MediaPipe predicts no
+        foreground, so the input stands for it (what a compositor uses then); no state."""
         batch, _, height, width = src.shape
         masks = []
         for i in range(batch):
@@ -82,7 +83,7 @@ class MediaPipeEngine:
             self._send({"cmd": "mask", "h": height, "w": width}, [rgb])
             data = self._pipes()[1].read(height * width * 4)
             masks.append(np.frombuffer(data, np.float32).reshape(1, height, width))
-        return EngineOutput(None, np.stack(masks).astype(np.float32), None)
+        return EngineOutput(src, np.stack(masks).astype(np.float32), None)
 
     def bench(self, frames: list[NDArray[np.uint8]], warmup: int = 3) -> list[float]:
         """Milliseconds per segmentation of each of `frames` (RGB uint8 [H,W,3], one size),
