@@ -390,21 +390,6 @@ def main() -> None:
     deployed = {a.name: load_engine(str(a)).name for a in (args.artifact, args.avx2) if a}
     cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases or []] or None
     rows = speed(engines, args.rounds, args.frames, cases)
-    extra: dict[str, Any] = {}
-    if not args.skip_quality:
-        # The simulation's speed does not matter here; one PyTorch thread keeps it from
-        # fighting the runtimes' spinning pools for the two cores.
-        torch.set_num_threads(1)
-        names = ("fp32", "ov_bf16", "qs_ort", "ours_ort", "ours_ov", "avx2_ov", "mediapipe")
-        judged = {k: engines[k] for k in names if k in engines}
-        judged["ours (sim)"] = load_engine(str(args.artifact), "sim")
-        if args.avx2 is not None:
-            judged["avx2 (sim)"] = load_engine(str(args.avx2), "sim")
-        extra["quality"] = quality(judged)
-        checked = args.parity_artifacts or [a for a in (args.artifact, args.avx2, args.w4a4) if a]
-        extra["parity"] = [
-            parity(a, kind) for a in checked for kind in (EngineKind.ORT, EngineKind.OPENVINO)
-        ]
     name = report_name(args.out)
     command = f"python benchmarks/engine.py --rounds {args.rounds} --frames {args.frames}"
     if args.artifact != DEFAULT_ARTIFACT:
@@ -449,10 +434,33 @@ def main() -> None:
         "load": load,
         "seconds": round(time.monotonic() - started),
     }
+    # The speed report first: quality and parity take as long again, and a run cut short
+    # keeps what it measured.
+    write(meta, rows, {}, name)
+    extra: dict[str, Any] = {}
+    if not args.skip_quality:
+        # The simulation's speed does not matter here; one PyTorch thread keeps it from
+        # fighting the runtimes' spinning pools for the two cores.
+        torch.set_num_threads(1)
+        names = ("fp32", "ov_bf16", "qs_ort", "ours_ort", "ours_ov", "avx2_ov", "mediapipe")
+        judged = {k: engines[k] for k in names if k in engines}
+        judged["ours (sim)"] = load_engine(str(args.artifact), "sim")
+        if args.avx2 is not None:
+            judged["avx2 (sim)"] = load_engine(str(args.avx2), "sim")
+        extra["quality"] = quality(judged)
+        write(meta, rows, extra, name)
+        checked = args.parity_artifacts or [a for a in (args.avx2, args.artifact, args.w4a4) if a]
+        extra["parity"] = []
+        for artifact in checked:
+            for kind in (EngineKind.OPENVINO, EngineKind.ORT):
+                extra["parity"].append(parity(artifact, kind))
+                write(meta, rows, extra, name)
     for engine in engines.values():
         if isinstance(engine, MediaPipeEngine):
             engine.close()
-    write(meta, rows, extra, name)
+    if extra:
+        meta["seconds"] = round(time.monotonic() - started)
+        write(meta, rows, extra, name)
 
 
 if __name__ == "__main__":
