@@ -214,8 +214,8 @@ class Connection:
                 # Resumed by its first frame: the client did not ask for `started`.
                 self._attach(session, announce=False)
             elif self._gone is not None:
-                message = f"{self._gone}; send a start message to begin a new session"
-                raise ProtocolError("session_expired", message, None)
+                message = f"{self._gone}; reconnect and send a start message to begin anew"
+                raise ProtocolError("session_expired", message, Close.POLICY)
         if self.phase is not Phase.STREAMING or self.session is None:
             raise ProtocolError(
                 "not_started",
@@ -271,8 +271,6 @@ class Connection:
                 self._check_same(session, start)
                 self._attach(session, announce=True)
                 return
-            if self._gone is not None:  # told why, then a new session starts
-                self.deliver(error("session_expired", f"{self._gone}; a new session starts"))
         sessions = self.services.sessions
         if not sessions.has_room():
             raise self._at_capacity()
@@ -293,7 +291,10 @@ class Connection:
         sessions.add(session, self)
         self._got_session()
         self.phase = Phase.STREAMING
-        self.deliver(session.describe(resumed=False))
+        started = session.describe(resumed=False)
+        if self._gone is not None:  # a resume of a session that is gone: say why
+            started["expired"] = self._gone
+        self.deliver(started)
         logger.info(
             "session %s started: %dx%d %s, model %s, ratio %g",
             session.id,

@@ -153,6 +153,15 @@ class ModelRegistry:
             rows.append(row)
         return rows
 
+    def metrics_of(self, version: str) -> dict[str, Any]:
+        """The manifest metrics of registry version `version` ({} for fp32 and others)."""
+        if version not in self.version_names():
+            return {}
+        try:
+            return dict(read_manifest(self.root / version).metrics)
+        except ArtifactError:
+            return {}
+
     def path_of(self, version: str) -> str:
         """What loads `version` in another process: a registry version's artifact directory;
         otherwise the name itself (fp32, or the path `--model` gave)."""

@@ -226,19 +226,19 @@ async def activate_model(
     registry: RegistryDep,
     settings: SettingsDep,
     measure: Annotated[
-        bool | None,
+        bool,
         Query(
-            description="Time it against the active model first (`speed`); default: "
-            "PTQ4VM_SPEED_CHECK."
+            description="Time it against the active model first (seconds of work; off by "
+            "default, so that a rollback is immediate)."
         ),
-    ] = None,
+    ] = False,
 ) -> dict[str, Any]:
     """Make any registered version (or fp32) active, faster or not (this is the override of
-    the automatic rule); also how to roll back. The response's `speed` is the version timed
-    against the model it replaced on this CPU's engines (a few seconds of work)."""
+    the automatic rule); also how to roll back. The response's `speed`: with `measure`, the
+    version timed now against the model it replaced on this CPU's engines; otherwise the
+    figures recorded when it was built (`metrics.speed`), where there are any."""
     try:
-        measured = settings.speed_check if measure is None else measure
-        speed = await asyncio.to_thread(_activate, registry, settings, version, measured)
+        speed = await asyncio.to_thread(_activate, registry, settings, version, measure)
     except ModelNotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnavailableError as exc:
@@ -259,4 +259,6 @@ def _activate(
     registry.activate(version)
     if speed is not None:
         logger.info("admin activated %s: %s", version, speed.describe())
-    return speed
+        return speed
+    recorded = registry.metrics_of(version).get("speed")
+    return None if recorded is None else SpeedReport.model_validate(recorded)

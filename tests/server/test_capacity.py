@@ -88,20 +88,16 @@ def test_detached_sessions_are_evicted_before_anyone_is_refused(
     start_and_vanish(tight, HOSTILE, PER_CLIENT)
     assert len(tight.services.sessions._sessions) == MAX_SESSIONS
     assert first_matte_s(tight, frame) <= FIRST_MATTE_S
-    with Stream(tight.ws, session=old[0], source="127.0.0.3", input="rgb24", start=False) as s:
-        s.send_json({"type": "start", "width": 176, "height": 144, "input": "rgb24"})
-        told = s.recv_json()
-        assert (told["type"], told["code"]) == ("error", "session_expired"), told
-        assert "evicted" in told["message"]
-        started = s.recv_json()
-        assert started["type"] == "started"
-        assert started["resumed"] is False
+    with Stream(tight.ws, session=old[0], source="127.0.0.3", input="rgb24") as s:
+        assert s.started["resumed"] is False
+        assert "evicted" in s.started["expired"], s.started
         assert s.matte(frame)[0]["type"] == "matte"
-    # Resumed by a first frame instead: told why, and the connection stays usable.
+    # Resumed by a first frame instead: told why as the connection closes.
     with Stream(tight.ws, session=old[1], source="127.0.0.3", start=False) as s:
         s.conn.send(frame)
         told = s.recv_json()
         assert (told["type"], told["code"]) == ("error", "session_expired"), told
+        assert "evicted" in told["message"]
 
 
 def test_a_detached_session_resumes_while_there_is_room(
