@@ -328,7 +328,7 @@ def test_a_client_that_never_reads_is_cut_off(target: Target) -> None:
 
 def test_connections_are_bounded(target: Target) -> None:
     """PTQ4VM_MAX_SESSIONS=8 (the witness holds one), 4 per client address (forwarded by the
-    trusted proxy 127.0.0.1)."""
+    trusted proxy 127.0.0.1); detached sessions give way to live clients."""
     opened: list[ClientConnection] = []
     with target.attack("idle and detached connections"):
         try:
@@ -338,7 +338,8 @@ def test_connections_are_bounded(target: Target) -> None:
             assert code == 1013
             assert message
             assert message["code"] == "too_many_connections"
-            # A detached session still counts: 1 witness + 4 idle + 1 detached + 2 idle = 8.
+            # 1 witness + 4 idle + 1 detached + 2 idle = 8: the detached session is evicted
+            # before anyone is refused (DESIGN 4.3.9), so one more client still gets in.
             detached = ws(target, **{"X-Forwarded-For": "10.0.1.1"})
             detached.send(json.dumps(START))
             session = json.loads(detached.recv(timeout=30))["session"]
@@ -346,14 +347,23 @@ def test_connections_are_bounded(target: Target) -> None:
             for i in range(2):
                 opened.append(ws(target, **{"X-Forwarded-For": f"10.0.2.{i}"}))
             time.sleep(0.5)
-            message, code = refused(ws(target, **{"X-Forwarded-For": "10.0.3.1"}))
+            newcomer = ws(target, **{"X-Forwarded-For": "10.0.3.1"})
+            opened.append(newcomer)
+            newcomer.send('{"type":"ping","id":1}')
+            assert json.loads(newcomer.recv(timeout=30)) == {"type": "pong", "id": 1}
+            # Every slot is live now: only then is a client refused.
+            message, code = refused(ws(target, **{"X-Forwarded-For": "10.0.4.1"}))
             assert code == 1013
             assert message is not None
             assert message["code"] == "at_capacity", message
-            # Its owner can still resume it, then end it.
+            # Once a slot is free, the evicted session's owner is told why and starts afresh.
+            opened.pop().close()
+            time.sleep(0.5)
             with ws(target, query=f"?session={session}", **{"X-Forwarded-For": "10.0.1.1"}) as back:
                 back.send(json.dumps(START))
-                assert json.loads(back.recv(timeout=30))["resumed"] is True
+                started = json.loads(back.recv(timeout=30))
+                assert started["resumed"] is False
+                assert "evicted" in started["expired"], started
                 back.send(json.dumps({"type": "stop"}))
                 assert json.loads(back.recv(timeout=30))["type"] == "stopped"
         finally:
