@@ -30,9 +30,7 @@ from ptq4vm_core.artifact import read_manifest, save_artifact
 from ptq4vm_core.assets import sample_clip_path, weights_path
 from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
 from ptq4vm_core.calib.data import build_calibration_set
-from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.calib.methods import PROFILES, Method, Profile
-from ptq4vm_core.calib.synthetic import build_synthetic_clips
 from ptq4vm_core.engine import FP32, load_engine
 from ptq4vm_core.engine.cpu import cpu_class, cpu_model
 from ptq4vm_core.model import load_rvm_from_onnx
@@ -40,7 +38,7 @@ from ptq4vm_core.paths import cache_root
 from ptq4vm_core.quant.spec import Int8Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labelled import FAMILY_SEED, OUT, score
+from labelled import OUT, eval_groups, score
 
 SUMMARY = ("MAD", "dtSSD", "MAD_vs_fp32")
 
@@ -57,12 +55,7 @@ def main() -> None:
     prof = PROFILES[args.profile]
     fp32 = load_engine(FP32)
     sample = sample_clip_path()
-    groups = {
-        "unlike": build_eval_clips(fp32, sample, cache_root() / "evalclips"),
-        "in-family": build_synthetic_clips(
-            fp32, sample, cache_root() / "evalclips-family", 3, seed=FAMILY_SEED
-        ),
-    }
+    groups = eval_groups(fp32, sample)
     fp = load_rvm_from_onnx(weights_path())
     reference = load_engine(FP32, "torch")
     rows: list[dict[str, object]] = [

@@ -46,6 +46,17 @@ FAMILY_SEED = 999  # calibration_backgrounds(seed=999): seeds 999000.., never ca
 KEYS = ("MAD", "MSE", "dtSSD", "MAD_vs_fp32")
 
 
+def eval_groups(fp32: Engine, sample: Path) -> dict[str, list[Path]]:
+    """The ground-truth clips scored apart: "unlike" (the evaluation family) and "in-family"
+    (the calibration generators at held-out seeds), built from the sample clip and cached."""
+    return {
+        "unlike": build_eval_clips(fp32, sample, cache_root() / "evalclips"),
+        "in-family": build_synthetic_clips(
+            fp32, sample, cache_root() / "evalclips-family", 3, seed=FAMILY_SEED
+        ),
+    }
+
+
 def score(engine: Engine, groups: dict[str, list[Path]], reference: Engine) -> dict[str, float]:
     out: dict[str, float] = {}
     for group, clips in groups.items():
@@ -84,12 +95,7 @@ def main() -> None:
     prof = PROFILES[args.profile]
     fp32 = load_engine(FP32)
     sample = sample_clip_path()
-    groups = {
-        "unlike": build_eval_clips(fp32, sample, cache_root() / "evalclips"),
-        "in-family": build_synthetic_clips(
-            fp32, sample, cache_root() / "evalclips-family", 3, seed=FAMILY_SEED
-        ),
-    }
+    groups = eval_groups(fp32, sample)
     synthetic = build_synthetic_clips(
         fp32, sample, cache_root() / "cache" / "synthetic", args.synthetic
     )

@@ -32,17 +32,25 @@ SATURATION_REASON = (
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where that
-    file does not exist (not Linux) or has none (not x86)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each key of /proc/cpuinfo (the first CPU's); empty where that file
+    does not exist (not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where that
+    file does not exist (not Linux) or has none (not x86)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
 
 
 @functools.cache
@@ -51,14 +59,7 @@ def cpu_model() -> str:
     model numbers, which tell generations apart where the name does not: a VM's "AMD EPYC" is
     Zen 3 at family 25 model 1, Zen 4 at model 17), else what `platform.processor()` says,
     else the architecture."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = _cpuinfo()
     name = fields.get("model name")
     if name is None:
         return platform.processor() or machine()

@@ -74,7 +74,8 @@ def load_engine(
     # Verifies the artifact (a tampered one is refused before any cached export is used) and
     # computes from its integers whether kernels without VNNI can saturate on it.
     saturation = check_saturation(path)
-    if not int8_dot_exact() and not saturation.safe and kind is not EngineKind.ORT:
+    saturates = not int8_dot_exact() and not saturation.safe
+    if saturates and kind is not EngineKind.ORT:
         reason = f"{SATURATION_REASON}; this artifact is not saturation-safe: {saturation.reason()}"
         if kind is EngineKind.OPENVINO:
             raise OpenVinoUnavailableError(
@@ -86,8 +87,7 @@ def load_engine(
     bits = graphs.report["bits"]
     # Where ONNX Runtime's u8 x s8 kernels saturate on this artifact, its exact u8u8 kernels
     # (about 5% slower on RVM, docs/engine.md).
-    u8u8 = not int8_dot_exact() and not saturation.safe
-    ort_int8 = lambda: QuantizedOrtEngine(path, root=root, u8u8=u8u8)  # noqa: E731
+    ort_int8 = lambda: QuantizedOrtEngine(path, root=root, u8u8=saturates)  # noqa: E731
     openvino_int8 = lambda: OpenVinoEngine(  # noqa: E731
         {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
         name=f"openvino-int8-{bits}",
