@@ -17,6 +17,20 @@ server's memory over time):
 * `--find-max`: 1, 2, 3, ... sessions at --fps for --step-seconds each, on one server; the
   largest N with p99 <= --max-p99-ms, no error and every session served >= --min-served of
   its frames (stops at the first N that misses).
+* `--flood`: a start-and-vanish flood (issue 26): --flood-sessions times, from --flood-source
+  (--flood-concurrency at once), open `/v1/stream`, send `start` (1280x720) and drop the TCP
+  connection; meanwhile and for --after-seconds after, a witness client on another address
+  (--witness-source) starts a session, sends one frame and times its first matte, again and
+  again. Reports the witness's first-matte times during and after the flood (bound: 2 s), what
+  the flood was told (started, refused), and the server's RSS growth (bound: 300 MiB).
+* `--efficiency`: how much of the engine's own throughput the server delivers. In the same run,
+  `ptq4vm bench --alpha-only` of the same model, size, ratio and threads, then 1, 2, ...
+  (--saturate) sessions that send as fast as they receive (--inflight frames outstanding each,
+  alpha PNG out, JPEG in), --step-seconds each; the best served fps over the bench fps is the
+  serving efficiency. Where the rest goes, per served frame, from the server's own histograms
+  (decode, inference, encode, the worker's idle time between frames); with --profile, py-spy
+  samples the server during one more step at the best session count and the report gives the
+  share of its samples per part (decode, inference, encode, scheduling, event loop).
 
 The server is started here (`ptq4vm serve --model M`, the default build off) unless --url
 names a running one (then RSS needs --pid).
@@ -24,6 +38,8 @@ names a running one (then RSS needs --pid).
 Usage: python benchmarks/load.py --sessions 3 --fps 15 --minutes 10 [--model fp32]
            [--downsample R] [--out docs/benchmarks/load]
        python benchmarks/load.py --find-max [--step-seconds 30] [--max-sessions 8] ...
+       python benchmarks/load.py --flood [--flood-sessions 300] ...
+       python benchmarks/load.py --efficiency --model M [--saturate 1 2 3] [--profile] ...
 
 Past 400 lines on purpose: the server it starts, the paced sessions and the report are one
 measurement, run as one command.
@@ -35,9 +51,12 @@ import argparse
 import asyncio
 import json
 import os
+import socket
+import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,7 +70,8 @@ from websockets.exceptions import ConnectionClosed
 from ptq4vm_core.cli.common import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import Server, encoded_frames, run_header
+from stream import Server, encoded_frames, engine_bench, run_header
+from stream import run as saturated_run
 
 GAUGES = ("ptq4vm_stream_sessions_active", "ptq4vm_stream_sessions_detached")
 MiB = 1 << 20
@@ -307,6 +327,275 @@ async def find_max(
     }
 
 
+# Start-and-vanish flood ----------------------------------------------------------------------
+
+
+def from_address(url: str, source: str) -> socket.socket:
+    """A TCP connection to `url`'s host from the local address `source` (another client on
+    loopback: 127.0.0.2 is not 127.0.0.1)."""
+    parts = urlsplit(url)
+    return socket.create_connection(
+        (parts.hostname, parts.port), timeout=30, source_address=(source, 0)
+    )
+
+
+async def vanish_once(url: str, source: str, start: dict[str, Any]) -> str:
+    """Connect from `source`, send `start`, read the answer, drop the TCP connection without a
+    closing handshake; returns what the server said ("started", an error code, a close code)."""
+    sock = await asyncio.to_thread(from_address, url, source)
+    try:
+        async with connect(url, sock=sock, compression=None, open_timeout=30) as ws:
+            await ws.send(json.dumps(start))
+            answer = json.loads(await ws.recv())
+            ws.transport.abort()  # the client vanishes
+            return str(answer.get("type") if answer.get("type") == "started" else answer["code"])
+    except ConnectionClosed as exc:
+        return f"close {exc.rcvd.code if exc.rcvd else 'none'}"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+async def flooder(url: str, args: argparse.Namespace, told: dict[str, int]) -> None:
+    start = {"type": "start", "width": 1280, "height": 720, "input": "jpeg"}
+    todo = iter(range(args.flood_sessions))
+
+    async def lane() -> None:
+        for _ in todo:
+            answer = await vanish_once(url, args.flood_source, start)
+            told[answer] = told.get(answer, 0) + 1
+
+    await asyncio.gather(*(lane() for _ in range(args.flood_concurrency)))
+
+
+async def first_matte(url: str, source: str, frame: bytes, start: dict[str, Any]) -> float:
+    """Seconds from connecting (from `source`) to the first matte of a new session."""
+    began = time.monotonic()
+    sock = await asyncio.to_thread(from_address, url, source)
+    async with connect(url, sock=sock, compression=None, max_size=None, open_timeout=30) as ws:
+        await ws.send(json.dumps(start))
+        started = json.loads(await ws.recv())
+        if started.get("type") != "started":
+            raise RuntimeError(f"witness refused: {started}")
+        await ws.send(frame)
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str) and json.loads(message)["type"] == "matte":
+                await ws.recv()  # its payload
+                seconds = time.monotonic() - began
+                break
+        await ws.send(json.dumps({"type": "stop"}))
+    return seconds
+
+
+async def flood(
+    url: str, base: str, pid: int | None, frames: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    width, height = parse_size(args.size)
+    start = {"type": "start", "width": width, "height": height, "input": "jpeg"}
+    start["model"] = args.model if args.url is None else None
+    witness = partial(first_matte, url, args.witness_source, frames[0], start)
+    await witness()  # the shape compiled before anything is timed
+    rss_before = rss_bytes(pid) / MiB if pid is not None else None
+    rss_peak = rss_before or 0.0
+    told: dict[str, int] = {}
+    during: list[float] = []
+    after: list[float] = []
+    errors: list[str] = []
+    flooding = asyncio.create_task(flooder(url, args, told))
+    began = time.monotonic()
+    ended: float | None = None
+    while ended is None or time.monotonic() - ended < args.after_seconds:
+        into = during if ended is None else after
+        try:
+            into.append(round(await witness(), 3))
+        except (RuntimeError, ConnectionClosed, OSError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        if pid is not None:
+            rss_peak = max(rss_peak, rss_bytes(pid) / MiB)
+        if ended is None and flooding.done():
+            ended = time.monotonic()
+            flooding.result()
+        await asyncio.sleep(args.witness_every)
+    left = await asyncio.to_thread(gauges, base)
+    rss_after = rss_bytes(pid) / MiB if pid is not None else None
+    worst = max(during + after, default=float("inf"))
+    return {
+        "flood_sessions": args.flood_sessions,
+        "flood_concurrency": args.flood_concurrency,
+        "flood_seconds": round((ended or time.monotonic()) - began, 1),
+        "flood_told": told,
+        "witness_size": args.size,
+        "witness_during_s": during,
+        "witness_after_s": after,
+        "witness_worst_s": worst,
+        "witness_errors": errors,
+        "bound_s": FIRST_MATTE_BOUND_S,
+        "rss_before_mib": rss_before,
+        "rss_peak_mib": rss_peak,
+        "rss_after_mib": rss_after,
+        "rss_growth_mib": None if rss_before is None else round(rss_peak - rss_before, 1),
+        "sessions_after": left,
+        "holds": bool(
+            not errors
+            and worst <= FIRST_MATTE_BOUND_S
+            and (rss_before is None or rss_peak - rss_before < RSS_BOUND_MIB)
+        ),
+    }
+
+
+FIRST_MATTE_BOUND_S = 2.0
+RSS_BOUND_MIB = 300.0
+
+
+# Serving efficiency ----------------------------------------------------------------------------
+
+# The server's timing histograms (`server.scheduler`): where a served frame's worker time goes.
+TIMINGS = {
+    "ptq4vm_decode_seconds": "decode",
+    "ptq4vm_inference_seconds": "inference",
+    "ptq4vm_encode_seconds": "encode",
+    "ptq4vm_queue_seconds": "queue",
+}
+
+
+def timings(base: str) -> dict[str, float]:
+    """{part_sum, part_count} of the timing histograms (summed over labels) and frames matted."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for metric, part in TIMINGS.items():
+                if sample.name in (f"{metric}_sum", f"{metric}_count"):
+                    key = f"{part}_{sample.name.rsplit('_', 1)[1]}"
+                    totals[key] = totals.get(key, 0.0) + sample.value
+            if sample.name == "ptq4vm_frames_matted_total":
+                totals["frames"] = totals.get("frames", 0.0) + sample.value
+    return totals
+
+
+def breakdown(before: dict[str, float], after: dict[str, float], fps: float) -> dict[str, float]:
+    """Per served frame (ms): decode, inference (per frame; an engine call may batch several),
+    encode, their sum (the worker's busy time), and the wall time per frame (1000/fps)."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    frames = max(1.0, d.get("frames", 0.0))
+    row = {p: round(1e3 * d.get(f"{p}_sum", 0.0) / frames, 2) for p in ("decode", "encode")}
+    row["inference"] = round(1e3 * d.get("inference_sum", 0.0) / frames, 2)
+    row["queue"] = round(1e3 * d.get("queue_sum", 0.0) / frames, 2)
+    row["busy"] = round(row["decode"] + row["inference"] + row["encode"], 2)
+    row["wall"] = round(1e3 / fps, 2) if fps > 0 else float("nan")
+    row["frames"] = int(d.get("frames", 0.0))
+    return row
+
+
+# py-spy's frames -> the part of the server they are in, first match from the leaf up.
+PARTS = (
+    ("decode", ("decode_frame", "_decode_rgb_view", "to_batch", "frames_to_batch", "_prepare")),
+    ("encode", ("encode_alpha", "alpha_to_uint8", "_finish")),
+    ("inference", ("infer",)),
+    ("scheduling", ("_execute", "_dispatch", "_take", "_finished", "_worker", "run_in_executor")),
+    ("websocket", ("websockets", "send", "recv", "read_frame", "write_frame")),
+    ("event loop", ("_run_once", "run_forever", "select", "asyncio")),
+)
+
+
+def profile_parts(raw: str) -> dict[str, float]:
+    """Share of py-spy's samples (raw, collapsed stacks) per part of the server."""
+    counts: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")[::-1]  # leaf first
+        part = next(
+            (name for frame in frames for name, keys in PARTS if any(k in frame for k in keys)),
+            "other",
+        )
+        counts[part] = counts.get(part, 0) + int(n)
+    total = max(1, sum(counts.values()))
+    return {k: round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+async def profiled(pid: int, seconds: float, step: Any) -> dict[str, Any]:
+    """Runs `step()` with py-spy recording the server; the share of samples per part."""
+    import shutil
+    import tempfile
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.txt"
+        proc = await asyncio.create_subprocess_exec(
+            spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
+            "--format", "raw", "--nonblocking", "--output", str(out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await step()
+        _, err = await proc.communicate()
+        if proc.returncode != 0 or not out.exists():
+            return {"error": f"py-spy failed: {err.decode()[-500:]}"}
+        return {"shares": profile_parts(out.read_text())}
+
+
+async def efficiency(
+    url: str, base: str, pid: int | None, frames: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """--rounds rounds of [`ptq4vm bench`, then each --saturate step]: a shared machine's
+    speed drifts from one minute to the next, so each round's best served fps is set against
+    the bench of the same round, and the median of those ratios is the efficiency."""
+    size = parse_size(args.size)
+    model = args.model if args.url is None else None
+
+    async def step(n: int) -> dict[str, Any]:
+        return asdict(
+            await saturated_run(
+                url, frames, size, model, n, args.step_seconds, args.inflight,
+                args.max_batch, args.downsample,
+            )
+        )  # fmt: skip
+
+    rounds = []
+    for r in range(args.rounds):
+        bench = await asyncio.to_thread(
+            engine_bench, args.model, args.size, args.bench_frames, args.downsample,
+            alpha_only=True, engine=args.engine,
+        )  # fmt: skip
+        print(json.dumps({"round": r, "bench": bench}), flush=True)
+        steps = []
+        for n in args.saturate:
+            before = await asyncio.to_thread(timings, base)
+            row = await step(n)
+            row["ms"] = breakdown(before, await asyncio.to_thread(timings, base), row["fps"])
+            row["of_bench"] = round(row["fps"] / bench["fps"], 4)
+            steps.append(row)
+            print(json.dumps(row), flush=True)
+        best = max(steps, key=lambda s: s["fps"])
+        rounds.append({"bench": bench, "steps": steps, "efficiency": best["of_bench"]})
+    median = statistics.median(r["efficiency"] for r in rounds)
+    typical = min(rounds, key=lambda r: abs(r["efficiency"] - median))
+    best = max(typical["steps"], key=lambda s: s["fps"])
+    part: dict[str, Any] = {
+        "bench": typical["bench"],
+        "bench_fps_rounds": [round(r["bench"]["fps"], 2) for r in rounds],
+        "efficiency_rounds": [r["efficiency"] for r in rounds],
+        "inflight": args.inflight,
+        "step_seconds": args.step_seconds,
+        "steps": typical["steps"],
+        "best_sessions": best["sessions"],
+        "served_fps": best["fps"],
+        "efficiency": median,
+    }
+    if args.profile and pid is not None:
+        holder: dict[str, Any] = {}
+
+        async def run_step() -> None:
+            holder.update(await step(best["sessions"]))
+
+        part["profile"] = await profiled(pid, args.step_seconds - 1, run_step)
+        part["profile"]["fps"] = holder.get("fps")
+    return part
+
+
 # Report --------------------------------------------------------------------------------------
 
 
@@ -318,7 +607,8 @@ def write(out: Path, key: str, part: dict[str, Any]) -> None:
     if key == "soak":
         report["soak"] = part
     else:
-        report.setdefault("find_max", {})[key] = part
+        mode, _, config = key.partition("/")
+        report.setdefault(mode, {})[config] = part
     path.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(render(report, out.with_suffix(".png").name) + "\n")
     if "soak" in report:
@@ -327,6 +617,8 @@ def write(out: Path, key: str, part: dict[str, Any]) -> None:
 
 def render(report: dict[str, Any], png: str) -> str:
     lines = ["# Load: sessions at a fixed frame rate", ""]
+    lines += render_flood(report.get("flood", {}))
+    lines += render_efficiency(report.get("efficiency", {}))
     for config, part in report.get("find_max", {}).items():
         c = part["criteria"]
         lines += [
@@ -398,6 +690,104 @@ def render(report: dict[str, Any], png: str) -> str:
     return "\n".join(lines)
 
 
+def render_flood(parts: dict[str, Any]) -> list[str]:
+    lines = []
+    for config, f in parts.items():
+        during, after = f["witness_during_s"], f["witness_after_s"]
+        told = ", ".join(f"{k} {v}" for k, v in sorted(f["flood_told"].items()))
+        lines += [
+            f"## Start-and-vanish flood: {config}",
+            "",
+            f"`{f['command']}` on {f['machine']} ({f['date']}); load average "
+            f"{f['load_before']} before the run.",
+            "",
+            f"{f['flood_sessions']} times from one address ({f['flood_concurrency']} at once, "
+            f"{f['flood_seconds']:g} s): open `/v1/stream`, send `start` (1280x720), drop the "
+            f"TCP connection. What the flood was told: {told}.",
+            "",
+            "| witness (another address) | first mattes | median s | worst s | bound s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, times in (("during the flood", during), ("right after", after)):
+            if times:
+                lines.append(
+                    f"| {name} | {len(times)} | {statistics.median(times):.3f} | "
+                    f"{max(times):.3f} | {f['bound_s']:g} |"
+                )
+        growth = f["rss_growth_mib"]
+        lines += [
+            "",
+            f"Witness errors: {len(f['witness_errors'])}. Server RSS "
+            + (
+                f"{f['rss_before_mib']:.0f} MiB before, peak {f['rss_peak_mib']:.0f} MiB: "
+                f"growth {growth:+.1f} MiB (bound 300 MiB)."
+                if growth is not None
+                else "not sampled (a running server without --pid)."
+            )
+            + f" Sessions left after: {f['sessions_after']}.",
+            "",
+            f"**{'Holds' if f['holds'] else 'Does not hold'}.**",
+            "",
+        ]
+    return lines
+
+
+def render_efficiency(parts: dict[str, Any]) -> list[str]:
+    lines = []
+    for config, part in parts.items():
+        bench = part["bench"]
+        lines += [
+            f"## Serving efficiency: {config}",
+            "",
+            f"`{part['command']}` on {part['machine']} ({part['date']}); load average "
+            f"{part['load_before']} before the run.",
+            "",
+            f"`ptq4vm bench --alpha-only` in the median round: **{bench['fps']:.1f} fps** "
+            f"({bench['engine']}, {bench['size']}, ratio {bench['downsample_ratio']:g}, "
+            f"{bench['threads']} threads, p50 {bench['ms_p50']:.1f} ms). Sessions send JPEG as "
+            f"fast as they receive alpha PNGs ({part['inflight']} frames outstanding each), "
+            f"{part['step_seconds']:g} s per step, clients on the same machine.",
+            "",
+            f"**Serving efficiency: {part['efficiency']:.1%}** of the engine's fps, the median "
+            f"over {len(part['efficiency_rounds'])} rounds of [bench, then the steps] of each "
+            "round's best served fps over its bench fps (rounds: "
+            + ", ".join(f"{e:.1%}" for e in part["efficiency_rounds"])
+            + "; bench fps: "
+            + ", ".join(f"{f:.1f}" for f in part["bench_fps_rounds"])
+            + f"). The median round's steps below: best {part['served_fps']:.1f} fps with "
+            f"{part['best_sessions']} session(s).",
+            "",
+            "Per served frame (ms, from the server's histograms): the worker's decode, inference "
+            "and encode, their sum, and the wall time per frame (1000 / served fps); "
+            "wall - busy is the worker idle between frames (hand-offs, the event loop).",
+            "",
+            "| sessions | served fps | of bench | p50 ms | p99 ms | decode | inference | encode "
+            "| busy | wall | idle |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in part["steps"]:
+            m = s["ms"]
+            lines.append(
+                f"| {s['sessions']} | {s['fps']:.1f} | {s['fps'] / bench['fps']:.1%} | "
+                f"{s['ms_p50']:.0f} | {s['ms_p99']:.0f} | {m['decode']:.1f} | "
+                f"{m['inference']:.1f} | {m['encode']:.1f} | {m['busy']:.1f} | {m['wall']:.1f} | "
+                f"{m['wall'] - m['busy']:.1f} |"
+            )
+        lines.append("")
+        prof = part.get("profile")
+        if prof and "shares" in prof:
+            shares = ", ".join(f"{k} {v:.1%}" for k, v in prof["shares"].items())
+            lines += [
+                f"py-spy over one more step at {part['best_sessions']} session(s) "
+                f"({prof['fps']:.1f} fps served while sampled), the server's active samples "
+                f"per part: {shares}.",
+                "",
+            ]
+        elif prof:
+            lines += [f"Profile: {prof['error']}", ""]
+    return lines
+
+
 def plot(soak: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -437,6 +827,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--sample-seconds", type=float, default=5.0)
     parser.add_argument("--find-max", action="store_true")
+    parser.add_argument("--efficiency", action="store_true")
+    parser.add_argument("--flood", action="store_true")
+    parser.add_argument("--flood-sessions", type=int, default=300)
+    parser.add_argument("--flood-concurrency", type=int, default=8)
+    parser.add_argument("--flood-source", default="127.0.0.2")
+    parser.add_argument("--witness-source", default="127.0.0.1")
+    parser.add_argument("--witness-every", type=float, default=0.2)
+    parser.add_argument("--after-seconds", type=float, default=10.0)
+    parser.add_argument("--saturate", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--inflight", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--bench-frames", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3, help="efficiency: bench + steps, R times")
+    parser.add_argument("--engine", default="auto", help="the server's and bench's runtime")
+    parser.add_argument("--profile", action="store_true", help="py-spy the server (efficiency)")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--max-p99-ms", type=float, default=150.0)
@@ -450,14 +855,19 @@ def main() -> None:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     server = None
     if args.url is None:
-        server = Server(args.model, 1, max(args.sessions, args.max_sessions))
+        sessions = max(args.sessions, args.max_sessions, *args.saturate)
+        server = Server(args.model, args.max_batch, sessions, args.engine)
         url, pid = server.url, server.proc.pid
     else:
         url, pid = args.url, args.pid
     parts = urlsplit(url)
     base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
     try:
-        if args.find_max:
+        if args.flood:
+            part = asyncio.run(flood(url, base, pid, frames, args))
+        elif args.efficiency:
+            part = asyncio.run(efficiency(url, base, pid, frames, args))
+        elif args.find_max:
             part = asyncio.run(find_max(url, base, pid, frames, args))
         else:
             part = asyncio.run(soak(url, base, pid, frames, args))
@@ -469,12 +879,20 @@ def main() -> None:
         load_before=load_before,
         model_arg=args.model,
     )
-    summary = {k: v for k, v in part.items() if k not in ("timeline", "per_session", "steps")}
+    long = ("timeline", "per_session", "steps", "witness_during_s", "witness_after_s")
+    summary = {k: v for k, v in part.items() if k not in long}
+    summary.pop("bench", None)
     print(json.dumps(summary), flush=True)
     if args.out:
         model = Path(args.model).name
         ratio = "server default" if args.downsample is None else f"{args.downsample:g}"
-        key = "soak" if not args.find_max else f"{model}, {args.size}, downsample {ratio}"
+        config = f"{model}, {args.size}, downsample {ratio}"
+        if args.flood:
+            key = f"flood/{args.flood_sessions} sessions from one address, witness {args.size}"
+        elif args.efficiency:
+            key = f"efficiency/{config}, {args.engine}, max_batch {args.max_batch}"
+        else:
+            key = "soak" if not args.find_max else f"find_max/{config}, {args.fps:g} fps"
         write(args.out, key, part)
 
 

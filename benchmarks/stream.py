@@ -73,7 +73,7 @@ def encoded_frames(size: tuple[int, int], count: int = 60) -> list[bytes]:
 class Server:
     """`ptq4vm serve` in a subprocess on a free port."""
 
-    def __init__(self, model: str, max_batch: int, sessions: int) -> None:
+    def __init__(self, model: str, max_batch: int, sessions: int, engine: str = "auto") -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -92,6 +92,8 @@ class Server:
             str(self.port),
             "--model",
             model,
+            "--engine",
+            engine,
         ]
         # The log goes to a file: a pipe nobody reads would fill up and stall the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
@@ -121,10 +123,11 @@ async def session(
     url: str,
     frames: list[bytes],
     size: tuple[int, int],
-    model: str,
+    model: str | None,
     inflight: int,
     until: float,
     latencies: list[float],
+    downsample: float | None = None,
 ) -> tuple[int, int, int, float]:
     """Streams until `until`; returns (sent, matted, dropped, seconds)."""
     async with connect(url, compression=None, max_size=None) as ws:
@@ -135,6 +138,7 @@ async def session(
             "input": "jpeg",
             "output": "alpha_png",
             "model": model,
+            "downsample_ratio": downsample,
         }
         await ws.send(json.dumps(start))
         started = json.loads(await ws.recv())
@@ -180,16 +184,20 @@ async def run(
     url: str,
     frames: list[bytes],
     size: tuple[int, int],
-    model: str,
+    model: str | None,
     sessions: int,
     seconds: float,
     inflight: int,
     max_batch: int,
+    downsample: float | None = None,
 ) -> RunResult:
     latencies: list[float] = []
     until = time.monotonic() + seconds
     results = await asyncio.gather(
-        *(session(url, frames, size, model, inflight, until, latencies) for _ in range(sessions))
+        *(
+            session(url, frames, size, model, inflight, until, latencies, downsample)
+            for _ in range(sessions)
+        )
     )
     sent = sum(r[0] for r in results)
     matted = sum(r[1] for r in results)
@@ -229,7 +237,16 @@ def run_header(script: str) -> dict[str, str]:
     }
 
 
-def engine_bench(model: str, size: str, frames: int) -> dict[str, Any]:
+def engine_bench(
+    model: str,
+    size: str,
+    frames: int,
+    downsample: float | None = None,
+    *,
+    alpha_only: bool = False,
+    engine: str = "auto",
+) -> dict[str, Any]:
+    """`ptq4vm bench --json` of `model` in a subprocess (the server's PTQ4VM_THREADS apply)."""
     cmd = [
         sys.executable,
         "-m",
@@ -242,6 +259,10 @@ def engine_bench(model: str, size: str, frames: int) -> dict[str, Any]:
         "--frames",
         str(frames),
         "--json",
+        *(["--downsample", str(downsample)] if downsample is not None else []),
+        *(["--alpha-only"] if alpha_only else []),
+        "--engine",
+        engine,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -270,21 +291,25 @@ def write(out: Path, report: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        f"# Streaming benchmark ({report['model']}, {report['size']}, inflight "
-        f"{report['inflight']})",
+        f"# Streaming benchmark ({Path(report['model']).name}, {report['size']}, engine "
+        f"{report.get('engine', 'auto')}, inflight {report['inflight']})",
         "",
         f"`{report['command']}` on {report['machine']} ({report['date']}).",
         "",
         f"`ptq4vm bench`: {report['bench']['fps']:.1f} fps ({report['bench']['engine']}).",
         "",
-        "| max_batch | sessions | fps | per-session fps (min-max) | p50 ms | p99 ms | drop rate |",
-        "|---|---|---|---|---|---|---|",
+        "| max_batch | sessions | fps | vs max_batch 1 | per-session fps (min-max) | p50 ms "
+        "| p99 ms | drop rate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["results"]:
+    unbatched = {r["sessions"]: r["fps"] for r in report["results"] if r["max_batch"] == 1}
+    for r in sorted(report["results"], key=lambda r: (r["sessions"], r["max_batch"])):
+        base = unbatched.get(r["sessions"])
+        versus = f"{r['fps'] / base:.2f}x" if base else "-"
         lines.append(
-            f"| {r['max_batch']} | {r['sessions']} | {r['fps']:.1f} | {r['session_fps_min']:.1f}"
-            f"-{r['session_fps_max']:.1f} | {r['ms_p50']:.0f} | {r['ms_p99']:.0f} | "
-            f"{r['drop_rate']:.1%} |"
+            f"| {r['max_batch']} | {r['sessions']} | {r['fps']:.1f} | {versus} | "
+            f"{r['session_fps_min']:.1f}-{r['session_fps_max']:.1f} | {r['ms_p50']:.0f} | "
+            f"{r['ms_p99']:.0f} | {r['drop_rate']:.1%} |"
         )
     for batch, ratio in report["one_session_vs_bench"].items():
         lines.append(f"\nOne session, max_batch {batch}: {ratio:.0%} of `ptq4vm bench`.")
@@ -303,14 +328,18 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1])
     parser.add_argument("--bench-frames", type=int, default=60)
+    parser.add_argument("--downsample", type=float, default=None, help="default: server's")
+    parser.add_argument("--engine", default="auto", help="the server's and bench's runtime")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args()
 
     size = parse_size(args.size)
     frames = encoded_frames(size)
-    bench = engine_bench(args.model, args.size, args.bench_frames)
+    bench = engine_bench(
+        args.model, args.size, args.bench_frames, args.downsample, engine=args.engine
+    )
     print(json.dumps({"bench": bench}), flush=True)
-    servers = {b: Server(args.model, b, max(args.sessions)) for b in args.max_batch}
+    servers = {b: Server(args.model, b, max(args.sessions), args.engine) for b in args.max_batch}
     runs: dict[tuple[int, int], list[RunResult]] = {}
     try:
         for _ in range(args.rounds):
@@ -326,6 +355,7 @@ def main() -> None:
                             args.seconds,
                             args.inflight,
                             batch,
+                            args.downsample,
                         )
                     )
                     runs.setdefault((batch, n), []).append(result)
@@ -339,6 +369,8 @@ def main() -> None:
         **run_header("stream.py"),
         "model": args.model,
         "size": args.size,
+        "engine": args.engine,
+        "downsample": args.downsample,
         "inflight": args.inflight,
         "bench": bench,
         "results": results,

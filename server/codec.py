@@ -11,13 +11,11 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.io.writer import encode_png
 from server.media import MediaError, image_header
 
 InputFormat = Literal["jpeg", "png", "rgb24"]
 OutputFormat = Literal["alpha_png", "alpha_raw"]
-
-# Fast zlib level: a matte is sent in real time; size matters less than latency.
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
 class FrameError(ValueError):
@@ -109,7 +107,4 @@ def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
     alpha = alpha_to_uint8(pha)
     if fmt == "alpha_raw":
         return alpha.tobytes()
-    ok, png = cv2.imencode(".png", alpha, _PNG_PARAMS)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes()
+    return encode_png(alpha)

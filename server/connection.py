@@ -15,13 +15,11 @@ import json
 import logging
 import time
 from enum import Enum
-from functools import partial
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from ptq4vm_core.engine import ModelNotFoundError
-from ptq4vm_core.engine.base import prepare_engine
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import FrameError
 from server.gates import client_address, parse_networks
@@ -353,16 +351,15 @@ class Connection:
             Close.AT_CAPACITY,
         )
 
-    @staticmethod
-    async def _prepare(lease: ModelLease, start: StartMessage, ratio: float) -> None:
+    async def _prepare(self, lease: ModelLease, start: StartMessage, ratio: float) -> None:
         """Compile the engine for this stream's shape before the first frame (once per model
-        and shape: later sessions of that shape find it ready), in a thread: a compile takes
-        up to seconds and must hold up neither the event loop nor other sessions' frames."""
+        and shape: later sessions of that shape find it ready), in the compile threads
+        (`server.compiles`): a compile takes up to seconds and must hold up neither the event
+        loop nor other sessions' frames."""
         try:
-            await asyncio.to_thread(
-                partial(prepare_engine, lease.engine, 1, start.height, start.width, ratio,
-                        alpha_only=True)
-            )  # fmt: skip
+            await self.services.compiler.prepare(
+                lease.engine, start.height, start.width, ratio, alpha_only=True
+            )
         except Exception as exc:
             lease.release()
             logger.warning("engine %s failed to compile: %s", lease.engine.name, exc)

@@ -8,6 +8,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from server.calibrations import CalibrationManager
+from server.compiles import ShapeCompiler
 from server.jobs import JobManager
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -32,6 +33,10 @@ def get_scheduler(services: Annotated[Services, Depends(get_services)]) -> Sched
     return services.scheduler
 
 
+def get_compiler(services: Annotated[Services, Depends(get_services)]) -> ShapeCompiler:
+    return services.compiler
+
+
 def get_jobs(services: Annotated[Services, Depends(get_services)]) -> JobManager:
     return services.jobs
 
@@ -48,6 +53,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+CompilerDep = Annotated[ShapeCompiler, Depends(get_compiler)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 CalibrationsDep = Annotated[CalibrationManager, Depends(get_calibrations)]

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ptq4vm_core.engine import ModelNotFoundError
+from server.compiles import ShapeCompiler
 from server.default_model import DefaultModelBuilder
 from server.jobs import JobManager, RemoteMatting
 from server.media import MediaLimits
@@ -43,6 +44,7 @@ class Services:
     sessions: SessionManager
     jobs: JobManager
     default_builder: DefaultModelBuilder
+    compiler: ShapeCompiler
     ready: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -82,7 +84,8 @@ class Services:
             remote=remote_matting(settings),
         )
         builder = DefaultModelBuilder(settings, registry, metrics)
-        return cls(settings, metrics, registry, scheduler, sessions, jobs, builder)
+        compiler = ShapeCompiler(nice=settings.job_nice)
+        return cls(settings, metrics, registry, scheduler, sessions, jobs, builder, compiler)
 
     async def start(self) -> None:
         """Load the active model (sessions then start without a wait), start the background
@@ -114,3 +117,4 @@ class Services:
         await asyncio.to_thread(self.default_builder.stop)
         await asyncio.to_thread(self.jobs.close)
         await self.scheduler.aclose()
+        self.compiler.close()

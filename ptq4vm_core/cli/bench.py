@@ -27,6 +27,9 @@ def bench_command(
     engine: Annotated[EngineKind, typer.Option(help="auto = the deployed engine.")] = (
         EngineKind.AUTO
     ),
+    alpha_only: Annotated[
+        bool, typer.Option("--alpha-only", help="No foreground, as alpha-output streams ask.")
+    ] = False,
 ) -> None:
     """Time MODEL on its engine at SIZE (sample-clip frames resized; state carried)."""
     with user_errors():
@@ -48,10 +51,11 @@ def bench_command(
                 ratio,
                 warmup=warmup,
                 threads=default_threads(),
+                alpha_only=alpha_only,
                 on_frame=lambda n: progress.update(task, completed=n),
             )
     if as_json:
-        typer.echo(json.dumps({"model": model, **result.as_dict()}))
+        typer.echo(json.dumps({"model": model, "alpha_only": alpha_only, **result.as_dict()}))
         return
     Console(highlight=False).print(
         f"{model} [{result.engine}] {result.size} ds {result.downsample_ratio:g}: "

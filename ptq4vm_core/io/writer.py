@@ -53,8 +53,24 @@ _CHANNELS: dict[str, int] = {"alpha": 1, "rgb": 3, "rgba": 4}
 #: Minimum digits of frame file names; widened at close when more frames were written.
 PNG_INDEX_DIGITS = 4
 _FRAME_NAME_RE = re.compile(r"\d+\.png")
-# Fast zlib level: frame dumps are large and written in real time, size matters less.
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# PNGs written in real time (frame dumps, the stream's mattes): zlib level 1 and one fixed row
+# filter (Up). OpenCV's default picks a filter per row by trying each, which costs three times
+# the encode (7.6 against 2.5 ms for a 1280x720 matte) for files within a few percent in size.
+_PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_UP,
+]
+
+
+def encode_png(image: npt.NDArray[Any]) -> bytes:
+    """[H,W] grey or [H,W,3|4] BGR(A) uint8 -> PNG bytes, encoded for speed (lossless)."""
+    ok, data = cv2.imencode(".png", image, _PNG_PARAMS)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return bytes(data.data)
+
 
 _MUXERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
 
@@ -232,11 +248,8 @@ class _PngDirWriter(FrameWriter):
         # OpenCV encodes BGR(A) channel order.
         conversion = {"rgb": cv2.COLOR_RGB2BGR, "rgba": cv2.COLOR_RGBA2BGRA}.get(self.kind)
         image = frame if conversion is None else cv2.cvtColor(frame, conversion)
-        ok, data = cv2.imencode(".png", image, _PNG_PARAMS)
-        if not ok:
-            raise OSError("PNG encoding failed")
         name = f"{self.frames_written:0{PNG_INDEX_DIGITS}d}.png"
-        (self._staging / name).write_bytes(data.tobytes())
+        (self._staging / name).write_bytes(encode_png(image))
 
     def _finish(self) -> None:
         digits = max(PNG_INDEX_DIGITS, len(str(self.frames_written - 1)))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from ptq4vm_core.engine import ModelNotFoundError
-from ptq4vm_core.engine.base import prepare_engine
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.codec import (
     FrameError,
@@ -20,7 +18,7 @@ from server.codec import (
     network_size_error,
     to_batch,
 )
-from server.deps import MetricsDep, RegistryDep, SchedulerDep, SettingsDep
+from server.deps import CompilerDep, MetricsDep, RegistryDep, SchedulerDep, SettingsDep
 from server.media import MediaError
 from server.redact import redact
 from server.registry import ModelUnavailableError
@@ -54,6 +52,7 @@ async def matte(
     image: Annotated[UploadFile, File(description="PNG or JPEG image.")],
     registry: RegistryDep,
     scheduler: SchedulerDep,
+    compiler: CompilerDep,
     metrics: MetricsDep,
     settings: SettingsDep,
     downsample_ratio: Annotated[float | None, Form(gt=0, le=1)] = None,
@@ -83,10 +82,8 @@ async def matte(
         raise HTTPException(503, redact(str(exc))) from None
     with lease:
         # A new image size compiles here, off the loop and outside the shared inference
-        # workers (the engine keeps a bounded number of sizes).
-        await asyncio.to_thread(
-            partial(prepare_engine, lease.engine, 1, height, width, ratio, alpha_only=True)
-        )
+        # workers, at lower priority (the engine keeps a bounded number of sizes).
+        await compiler.prepare(lease.engine, height, width, ratio, alpha_only=True)
         work = Work(
             engine=lease.engine,
             model=lease.version,

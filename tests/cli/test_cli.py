@@ -114,6 +114,17 @@ def test_bench_json(engine: str) -> None:
     assert result["downsample_ratio"] == 1.0
     assert result["fps"] > 0
     assert 0 < result["ms_p50"] <= result["ms_p99"]
+    assert result["alpha_only"] is False
+
+
+def test_bench_alpha_only() -> None:
+    """--alpha-only times the engine as alpha-output streams call it (no foreground)."""
+    code, out = run(
+        "bench", "--model", "fp32", "--size", "256x144", "--frames", "2", "--warmup", "0",
+        "--engine", "ort", "--alpha-only", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["alpha_only"] is True
 
 
 @pytest.mark.parametrize(
