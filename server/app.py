@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.calibrations import CalibrationManager
 from server.gates import RequestGates
 from server.limits import UploadLimits
 from server.routers import admin, health, jobs, matte, models, stream
@@ -36,13 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services.create(settings)
         app.state.services = services
         await services.start()
-        calibrations = CalibrationManager(settings, services.registry)
-        app.state.calibrations = calibrations
-        calibrations.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(calibrations.close)
             await services.stop()
 
     app = FastAPI(

@@ -32,6 +32,7 @@ from server.calibration_protocol import ClipSpec, GateSpec, Progress, Result, Wo
 from server.calibration_runner import CalibrationChild
 from server.registry import ModelRegistry
 from server.settings import Settings
+from server.speed import speed_spec
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ class CalibrationManager:
             parent=os.getpid(),
             int8_target=job.int8_target,
             # Timed against the active model only where the job may replace it.
-            speed=s.speed_spec(active, active_path) if job.activate and s.speed_check else None,
+            speed=speed_spec(s, active, active_path) if job.activate and s.speed_check else None,
         )
 
     def _run(self, job: Calibration) -> None:

@@ -15,14 +15,17 @@ import json
 import logging
 import time
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
 from ptq4vm_core.engine import ModelNotFoundError
+from ptq4vm_core.engine.base import EngineState
 from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.addresses import client_address, parse_networks
 from server.codec import FrameError
-from server.gates import client_address, parse_networks
+from server.compiles import ShapeCompiler
+from server.metrics import Metrics
 from server.protocol import (
     Close,
     ProtocolError,
@@ -31,9 +34,10 @@ from server.protocol import (
     parse_control,
     parse_start,
 )
-from server.registry import ModelLease, ModelUnavailableError
-from server.services import Services
-from server.sessions import Session, proposable_session_id
+from server.registry import ModelLease, ModelRegistry, ModelUnavailableError
+from server.scheduler import Scheduler
+from server.sessions import Session, SessionManager, proposable_session_id
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +64,21 @@ TEXT_BURST = 100.0
 WRITER_GRACE_S = 1.0
 
 
+class StreamServices(Protocol):
+    """What a connection uses of the app's services (`server.services.Services` has them)."""
+
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry
+    scheduler: Scheduler[EngineState]
+    sessions: SessionManager
+    compiler: ShapeCompiler
+
+
 class Connection:
     """Serves one socket; implements the session's `Outbox`."""
 
-    def __init__(self, websocket: WebSocket, services: Services, resume: str | None) -> None:
+    def __init__(self, websocket: WebSocket, services: StreamServices, resume: str | None) -> None:
         self.ws = websocket
         self.services = services
         self.settings = services.settings

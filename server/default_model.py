@@ -29,7 +29,7 @@ from server.calibration_runner import CalibrationChild
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
-from server.speed import SpeedReport
+from server.speed import SpeedReport, speed_spec
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class DefaultModelBuilder:
             gate=None,  # the first quantized model: nothing to judge it against but fp32
             parent=os.getpid(),
             int8_target=self.target,
-            speed=s.speed_spec(FP32, FP32) if s.speed_check else None,
+            speed=speed_spec(s, FP32, FP32) if s.speed_check else None,
         )
         self._child = CalibrationChild(spec, files, threads=s.build_threads, nice=s.default_nice)
         self._thread = threading.Thread(target=self._run, name="ptq4vm-default-build", daemon=True)

@@ -41,8 +41,8 @@ def get_jobs(services: Annotated[Services, Depends(get_services)]) -> JobManager
     return services.jobs
 
 
-def get_calibrations(conn: HTTPConnection) -> CalibrationManager:
-    return cast(CalibrationManager, conn.app.state.calibrations)
+def get_calibrations(services: Annotated[Services, Depends(get_services)]) -> CalibrationManager:
+    return services.calibrations
 
 
 def get_metrics(services: Annotated[Services, Depends(get_services)]) -> Metrics:

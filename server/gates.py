@@ -12,11 +12,9 @@ client costs the server a header parse, never a spooled upload:
 
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import logging
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -31,8 +29,6 @@ logger = logging.getLogger(__name__)
 UPLOAD_PATHS = frozenset({"/v1/matte", "/v1/jobs", "/admin/calibrations"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def admin_refusal(settings: Settings, authorization: str | None) -> HTTPException | None:
@@ -91,36 +87,6 @@ class OriginPolicy:
             and _is_loopback(served.hostname or "")
             and parts.port == served.port
         )
-
-
-@functools.lru_cache(maxsize=8)
-def parse_networks(spec: str) -> tuple[Network, ...]:
-    """PTQ4VM_TRUSTED_PROXIES: comma-separated addresses or CIDR networks."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
-
-
-def _trusted(address: str, proxies: Iterable[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in proxies)
-
-
-def client_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
-    """The client's address: the peer's, or, when the peer is a trusted proxy, the last
-    address in X-Forwarded-For that is not a trusted proxy (the one the proxies saw)."""
-    client = scope.get("client")
-    peer = str(client[0]) if client else "unknown"
-    if not proxies or not _trusted(peer, proxies):
-        return peer
-    forwarded = Headers(scope=scope).getlist("x-forwarded-for")
-    hops = [h.strip() for line in forwarded for h in line.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, proxies):
-            return hop
-    return hops[0] if hops else peer
 
 
 class RequestGates:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ptq4vm_core.engine import ModelNotFoundError
+from server.calibrations import CalibrationManager
 from server.compiles import ShapeCompiler
 from server.default_model import DefaultModelBuilder
 from server.jobs import JobManager, RemoteMatting
@@ -45,6 +46,7 @@ class Services:
     jobs: JobManager
     default_builder: DefaultModelBuilder
     compiler: ShapeCompiler
+    calibrations: CalibrationManager
     ready: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -85,7 +87,10 @@ class Services:
         )
         builder = DefaultModelBuilder(settings, registry, metrics)
         compiler = ShapeCompiler(nice=settings.job_nice)
-        return cls(settings, metrics, registry, scheduler, sessions, jobs, builder, compiler)
+        calibrations = CalibrationManager(settings, registry)
+        return cls(
+            settings, metrics, registry, scheduler, sessions, jobs, builder, compiler, calibrations
+        )
 
     async def start(self) -> None:
         """Load the active model (sessions then start without a wait), start the background
@@ -104,10 +109,12 @@ class Services:
             asyncio.create_task(self.jobs.reap_forever(), name="ptq4vm-job-reaper"),
         ]
         self.default_builder.maybe_start()
+        self.calibrations.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        await asyncio.to_thread(self.calibrations.close)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -18,7 +18,6 @@ from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine.base import EngineKind
 from ptq4vm_core.paths import cache_root
-from server.speed import SpeedSpec
 
 MiB = 1024 * 1024
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -206,19 +205,6 @@ class Settings(BaseSettings):
                 f"PTQ4VM_IDLE_TIMEOUT_S ({self.idle_timeout_s})"
             )
         return self
-
-    def speed_spec(self, incumbent_version: str, incumbent: str) -> SpeedSpec:
-        """How a candidate is timed against `incumbent` (an artifact directory or "fp32")."""
-        width, height = (int(v) for v in self.speed_check_size.split("x"))
-        return SpeedSpec(
-            incumbent_version=incumbent_version,
-            incumbent=incumbent,
-            width=width,
-            height=height,
-            downsample_ratio=self.speed_check_ratio,
-            frames=self.speed_check_frames,
-            rounds=self.speed_check_rounds,
-        )
 
     @property
     def build_threads(self) -> int:

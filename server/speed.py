@@ -20,6 +20,7 @@ from ptq4vm_core.bench import bench_frames, compare_speed
 from ptq4vm_core.engine import Engine
 from ptq4vm_core.engine.cpu import cpu_class
 from ptq4vm_core.io.video import iter_frames
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,21 @@ class SpeedSpec(BaseModel):
     downsample_ratio: float = Field(default=1.0, gt=0, le=1)
     frames: int = Field(default=20, ge=1, le=1000)
     rounds: int = Field(default=3, ge=1, le=20)
+
+
+def speed_spec(settings: Settings, incumbent_version: str, incumbent: str) -> SpeedSpec:
+    """How a candidate is timed against `incumbent` (an artifact directory or "fp32"), from
+    the PTQ4VM_SPEED_CHECK_* settings."""
+    width, height = (int(v) for v in settings.speed_check_size.split("x"))
+    return SpeedSpec(
+        incumbent_version=incumbent_version,
+        incumbent=incumbent,
+        width=width,
+        height=height,
+        downsample_ratio=settings.speed_check_ratio,
+        frames=settings.speed_check_frames,
+        rounds=settings.speed_check_rounds,
+    )
 
 
 class SpeedReport(BaseModel):

@@ -39,7 +39,7 @@ from server.responses import (
 )
 from server.services import media_limits
 from server.settings import Settings
-from server.speed import SpeedReport, measure_speed
+from server.speed import SpeedReport, measure_speed, speed_spec
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _activate(
     if measure and version != previous:
         with registry.acquire(version) as candidate, registry.acquire(previous) as incumbent:
             incumbent_path = registry.path_of(previous)
-            spec = settings.speed_spec(previous, incumbent_path)
+            spec = speed_spec(settings, previous, incumbent_path)
             speed = measure_speed(version, candidate.engine, incumbent.engine, spec, settings.home)
     registry.activate(version)
     if speed is not None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from server.gates import parse_networks
+from server.addresses import parse_networks
 from tests.deploy.conftest import DEPLOY, REPO
 
 K8S = DEPLOY / "k8s"

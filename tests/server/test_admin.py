@@ -156,7 +156,7 @@ def test_cancel_running_and_queued(admin: RunningServer, assets: Assets) -> None
         assert queued.json()["state"] == "cancelled"
         # Wait until the child runs, then kill it.
         deadline = time.monotonic() + 60
-        calibrations = admin.app.state.calibrations
+        calibrations = admin.app.state.services.calibrations
         while (pid := calibrations.child_pid) is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
