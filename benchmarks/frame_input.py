@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
-from server.codec import InputFormat, decode_frame, to_batch
+from server.streaming.codec import InputFormat, decode_frame, to_batch
 
 SIZES = ((512, 288), (1280, 720))
 

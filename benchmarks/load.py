@@ -449,7 +449,8 @@ RSS_BOUND_MIB = 300.0
 
 # Serving efficiency ----------------------------------------------------------------------------
 
-# The server's timing histograms (`server.scheduler`): where a served frame's worker time goes.
+# The server's timing histograms (`server.inference.scheduler`): where a served frame's worker
+# time goes.
 TIMINGS = {
     "ptq4vm_decode_seconds": "decode",
     "ptq4vm_inference_seconds": "inference",

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from ptq4vm_core.paths import cache_root
-from server.registry import ModelRegistry
+from server.models.registry import ModelRegistry
 
 
 def main(argv: list[str] | None = None) -> None:

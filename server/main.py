@@ -7,8 +7,8 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app
 from server.settings import Settings
+from server.web.app import create_app
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: object) -> uvicorn.Config:

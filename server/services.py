@@ -8,16 +8,16 @@ import logging
 from dataclasses import dataclass, field
 
 from ptq4vm_core.engine import ModelNotFoundError
-from server.calibrations import CalibrationManager
-from server.compiles import ShapeCompiler
-from server.default_model import DefaultModelBuilder
-from server.jobs import JobManager, RemoteMatting
-from server.media import MediaLimits
+from server.calibration.default_build import DefaultModelBuilder
+from server.calibration.manager import CalibrationManager
+from server.inference.compiles import ShapeCompiler
+from server.inference.scheduler import Scheduler
+from server.jobs.manager import JobManager, RemoteMatting
+from server.media.sniff import MediaLimits
 from server.metrics import Metrics
-from server.registry import ModelRegistry, ModelUnavailableError, engine_loader
-from server.scheduler import Scheduler
-from server.sessions import SessionManager
+from server.models.registry import ModelRegistry, ModelUnavailableError, engine_loader
 from server.settings import Settings
+from server.streaming.capacity import SessionManager
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def remote_matting(settings: Settings) -> RemoteMatting | None:
     if settings.ray_address is None:
         return None
     # Ray is an optional extra: its module is imported only when a cluster is configured.
-    from server.ray_jobs import RayJobRunner
+    from server.jobs.on_ray import RayJobRunner
 
     return RayJobRunner(settings.ray_address, settings.home)
 

@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     # Before a built model replaces the one served (the default build; an admin job asked to
     # activate), both are timed here at this size (WxH) and downsample ratio, frames per round,
     # median of interleaved rounds; the candidate is activated only where it is faster
-    # (server/speed.py). 512x288 at ratio 1 is a conferencing stream's shape. Off: activation
-    # follows the quality gate alone (and an admin activation measures only when asked).
+    # (server/calibration/speed.py). 512x288 at ratio 1 is a conferencing stream's shape. Off:
+    # activation follows the quality gate alone (and an admin activation measures only when asked).
     speed_check: bool = True
     speed_check_size: Annotated[str, Field(pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")] = (
         "512x288"

@@ -14,7 +14,7 @@ Float32Array = NDArray[np.float32]
 StateArray = Float32Array | torch.Tensor
 StateFields = tuple[StateArray, ...]
 """What any engine state is: an immutable NamedTuple of per-stream arrays, batch first. Its
-class rebuilds it from its fields (`server.batching` stacks and splits states so)."""
+class rebuilds it from its fields (`server.inference.batching` stacks and splits states so)."""
 
 
 class EngineState(NamedTuple):

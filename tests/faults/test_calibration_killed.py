@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from server.calibrations import STAGING_PREFIX
+from server.calibration.manager import STAGING_PREFIX
 from tests.faults.serve import children
 from tests.server.conftest import Assets, RunningServer, ServerFactory
 from tests.server.test_admin import AUTH, TOKEN, submit, wait_for
@@ -31,7 +31,7 @@ def worker_pid(timeout: float = 60) -> int:
     """The calibration child of this process (the test server runs in a thread here)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [p for p, cmd in children(os.getpid()) if "server.calibration_worker" in cmd]
+        found = [p for p, cmd in children(os.getpid()) if "server.calibration.worker" in cmd]
         if found:
             return found[0]
         assert time.monotonic() < deadline, "the calibration child never started"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from server.calibration_runner import SPEC_FILE, WORKER_MODULE
-from server.default_model import FILES_DIR, STAGING_PREFIX
+from server.calibration.child import SPEC_FILE, WORKER_MODULE
+from server.calibration.default_build import FILES_DIR, STAGING_PREFIX
 from tests.faults.serve import ServeProcess, alive, children
 from tests.server.conftest import Assets, make_home
 
@@ -31,7 +31,7 @@ def is_default_build(cmd: str, home: Path | None = None) -> bool:
 
 
 def build_children(pid: int, timeout: float = 60) -> list[int]:
-    """The default-build children of `pid` (`python -m server.calibration_worker
+    """The default-build children of `pid` (`python -m server.calibration.worker
     HOME/default-build/spec.json`), once one runs."""
     deadline = time.monotonic() + timeout
     while True:

@@ -16,8 +16,8 @@ from numpy.typing import NDArray
 from websockets.exceptions import ConnectionClosed
 
 from ptq4vm_core.artifact import verify_artifact
-from server.calibrations import STAGING_PREFIX
-from server.registry import ModelRegistry
+from server.calibration.manager import STAGING_PREFIX
+from server.models.registry import ModelRegistry
 from tests.faults.serve import ServeProcess, alive, children
 from tests.server.client import Stream
 from tests.server.conftest import Assets, make_home
@@ -49,7 +49,7 @@ def submit_calibration(http: httpx.Client, clip: Path) -> str:
 def calibration_child(pid: int, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        found = [p for p, cmd in children(pid) if "server.calibration_worker" in cmd]
+        found = [p for p, cmd in children(pid) if "server.calibration.worker" in cmd]
         if found:
             return found[0]
         assert time.monotonic() < deadline, "the calibration child never started"

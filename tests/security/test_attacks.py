@@ -277,7 +277,7 @@ def test_jobs_capacity_before_spooling_and_cancel(target: Target, videos: dict[s
         assert http.delete(f"/v1/jobs/{job['id']}").status_code == 409
         assert http.delete("/v1/jobs/no-such-job").status_code == 404
         assert not (target.home / "jobs" / job["id"]).exists()
-        assert not [c for _, c in children(target.proc.pid) if "decode_worker" in c]  # type: ignore[union-attr]
+        assert not [c for _, c in children(target.proc.pid) if "video_child" in c]  # type: ignore[union-attr]
 
 
 def test_concurrent_uploads_are_bounded(target: Target) -> None:
@@ -376,7 +376,7 @@ def test_killed_decoder_fails_only_its_job(target: Target, videos: dict[str, Pat
     with target.attack("decoder killed"), httpx.Client(base_url=target.http, timeout=60) as http:
         job = submit(http, videos["long"]).json()
         deadline = time.monotonic() + 30
-        while not (found := [p for p, c in children(target.proc.pid) if "decode_worker" in c]):
+        while not (found := [p for p, c in children(target.proc.pid) if "video_child" in c]):
             assert time.monotonic() < deadline, "no decoder child"
             time.sleep(0.02)
         os.kill(found[0], signal.SIGKILL)

@@ -33,10 +33,10 @@ from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.cli.main import app as cli
 from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.model import load_rvm_from_onnx
-from server.app import create_app
 from server.main import uvicorn_config
 from server.services import Services
 from server.settings import Settings
+from server.web.app import create_app
 from tests.net import LoopbackUrls
 from tests.server.client import Stream
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from server.calibrations import DB_FILE, STAGING_PREFIX
+from server.calibration.manager import DB_FILE, STAGING_PREFIX
 from tests.server.conftest import Assets, RunningServer, ServerFactory, make_home
 
 TOKEN = "s3cret-admin-token"

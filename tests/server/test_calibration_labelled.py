@@ -9,8 +9,8 @@ import torch
 from numpy.typing import NDArray
 
 from ptq4vm_core.calib.data import build_calibration_set
-from server.calibration_protocol import ClipSpec
-from server.calibration_worker import prepare_clip
+from server.calibration.protocol import ClipSpec
+from server.calibration.worker import prepare_clip
 from tests.calib.test_synthetic import frame_dir
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.quant.spec import Bits
-from server.calibration_protocol import (
+from server.calibration.child import CalibrationChild, CalibrationError, follow
+from server.calibration.protocol import (
     ClipSpec,
     Failure,
     Progress,
@@ -21,8 +22,7 @@ from server.calibration_protocol import (
     decode_event,
     encode_event,
 )
-from server.calibration_runner import CalibrationChild, CalibrationError, follow
-from server.gate import GateReport
+from server.calibration.quality_gate import GateReport
 
 REPORT = GateReport(
     passed=True,
@@ -105,8 +105,8 @@ def test_killed_before_it_starts(tmp_path: Path) -> None:
 
 def test_prints_in_the_child_go_to_its_log_not_the_pipe() -> None:
     code = (
-        "import sys; from server.calibration_worker import Events; "
-        "from server.calibration_protocol import Progress; "
+        "import sys; from server.calibration.worker import Events; "
+        "from server.calibration.protocol import Progress; "
         "events = Events.take_stdout(); print('noise from a library'); "
         "events.send(Progress(stage='prepare', step=0, total=1, fraction=0.0))"
     )

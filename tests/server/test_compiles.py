@@ -1,6 +1,6 @@
 """Engines compiled for new stream shapes run in threads of their own at lower CPU priority
-(`server.compiles`): a client that asks for shape after shape takes no core from the sessions
-already streaming."""
+(`server.inference.compiles`): a client that asks for shape after shape takes no core from the
+sessions already streaming."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 
 from ptq4vm_core.engine import EngineKind, load_engine
 from ptq4vm_core.engine.base import prepare_engine
-from server.compiles import ShapeCompiler
+from server.inference.compiles import ShapeCompiler
 
 
 def test_shapes_compile_in_lower_priority_threads() -> None:

@@ -53,7 +53,7 @@ def wait_state(
 
 def decoders() -> list[int]:
     """The decoder children of this process (the test server runs in a thread here)."""
-    return [pid for pid, cmd in children(os.getpid()) if "server.decode_worker" in cmd]
+    return [pid for pid, cmd in children(os.getpid()) if "server.media.video_child" in cmd]
 
 
 def wait_no_decoders(timeout: float = 30) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from ptq4vm_core.artifact import TENSORS_FILE
 from ptq4vm_core.engine import ModelNotFoundError
-from server.registry import ACTIVE_FILE, ModelRegistry, ModelUnavailableError
+from server.models.registry import ACTIVE_FILE, ModelRegistry, ModelUnavailableError
 from tests.server.conftest import Assets, make_home
 
 
@@ -76,7 +76,7 @@ def test_corrupt_artifact_is_refused_with_the_reason_logged(
     registry.activate("good")
     shutil.copytree(quantized_artifact, home / "models" / "bad")
     corrupt(home / "models" / "bad")
-    with caplog.at_level(logging.ERROR, logger="server.registry"):
+    with caplog.at_level(logging.ERROR, logger="server.models.registry"):
         with pytest.raises(ModelUnavailableError, match="sha256"):
             registry.acquire("bad")
         with pytest.raises(ModelUnavailableError):
@@ -94,7 +94,7 @@ def test_pointer_to_a_missing_version_falls_back_to_fp32(
 ) -> None:
     (home / "models").mkdir()
     (home / "models" / ACTIVE_FILE).write_text(json.dumps({"version": "gone"}))
-    with caplog.at_level(logging.ERROR, logger="server.registry"):
+    with caplog.at_level(logging.ERROR, logger="server.models.registry"):
         assert ModelRegistry(home).active() == "fp32"
     assert "gone" in caplog.text
 

@@ -16,8 +16,8 @@ from ptq4vm_core.engine import load_engine
 from ptq4vm_core.engine.base import EngineOutput, Float32Array
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
 from ptq4vm_core.model import RecurrentState
-from server.batching import split_state, stack_states, state_signature
-from server.scheduler import Done, Lane, Scheduler, Work
+from server.inference.batching import split_state, stack_states, state_signature
+from server.inference.scheduler import Done, Lane, Scheduler, Work
 
 
 class Count(NamedTuple):

@@ -1,5 +1,5 @@
 """The service never gets slower by itself (issue 25): a built model replaces the served one
-only where it is faster on this CPU (`server.speed`); an admin activation overrides and
+only where it is faster on this CPU (`server.calibration.speed`); an admin activation overrides and
 reports the measured ratio."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from ptq4vm_core.engine import FP32, load_engine
-from server.default_model import DefaultModelBuilder
+from server.calibration.default_build import DefaultModelBuilder
+from server.calibration.speed import SpeedReport, SpeedSpec, measure_speed
 from server.metrics import Metrics
-from server.registry import ModelRegistry
-from server.speed import SpeedReport, SpeedSpec, measure_speed
+from server.models.registry import ModelRegistry
 from tests.server.conftest import Assets, ServerFactory, make_home, settings_for
 from tests.server.test_admin import AUTH, TOKEN, submit, wait_for
 

@@ -58,7 +58,7 @@ def test_default_build_reports_stage_and_progress(
 ) -> None:
     """While the default model builds, /readyz says which stage it is in and how far it is
     (from the child's typed events), and the log says so too."""
-    caplog.set_level(logging.INFO, logger="server.default_model")
+    caplog.set_level(logging.INFO, logger="server.calibration.default_build")
     server = start_server(build_default=True, default_method="minmax", default_profile="fast")
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + BUILD_TIMEOUT_S
@@ -79,7 +79,7 @@ def test_default_build_reports_stage_and_progress(
     assert fractions == sorted(fractions)
     assert all(0 <= f <= 1 for f in fractions)
     assert seen[0]["stage"] in (None, "prepare")
-    lines = [r.getMessage() for r in caplog.records if r.name == "server.default_model"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.calibration.default_build"]
     assert any(re.fullmatch(r"default build: biq, \d+% done.*", line) for line in lines), lines
 
 

@@ -1,0 +1,269 @@
+"""Inference scheduling: frames from every session run in a thread pool, fairly, in batches.
+
+The event loop only queues work and hands it to `workers` threads; decoding, the engine call
+and encoding all run in those threads, never on the loop. Each stream (a WebSocket session, a
+video job, a `/v1/matte` request) has at most one frame in the scheduler at a time, because
+frame N+1 needs the state frame N returns; serving the ready queue first-in first-out is then
+round-robin across streams. Two lanes: `realtime` (sessions, single images) and `batch`
+(video jobs); when both wait, one batch frame runs for every `batch_share` realtime ones.
+
+Micro-batching: when a worker takes a frame it also takes up to `max_batch - 1` other ready
+frames of the same lane with the same engine, size, ratio and state structure, and runs them
+as one engine call. Whether that pays depends on the engine and the CPU: it is off unless
+`max_batch` > 1 (see docs/server.md for the measurement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic
+
+import numpy as np
+
+from ptq4vm_core.engine import Engine
+from ptq4vm_core.engine.base import Float32Array, S
+from server.inference.batching import split_state, stack_states, state_signature
+from server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Lane(StrEnum):
+    REALTIME = "realtime"
+    BATCH = "batch"
+
+
+Prepare = Callable[[], Float32Array]
+"""Runs in a worker: the frame as [1,3,H,W] float32 in [0,1]; raises to refuse the frame."""
+Finish = Callable[[Float32Array | None, Float32Array], Any]
+"""Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
+float32 in [0,1]) -> what the caller gets."""
+
+
+@dataclass(eq=False)
+class Work(Generic[S]):
+    """One frame of one stream. `state` is the stream's state before this frame (of `engine`'s
+    state type); `tag` is the caller's (e.g. the frame's seq). A caller may replace `prepare`,
+    `tag` and `state` while `dispatched` is False (latest-frame-wins); both happen on the event
+    loop."""
+
+    engine: Engine[S]
+    model: str
+    size: tuple[int, int]  # (H, W)
+    ratio: float
+    state: S | None
+    prepare: Prepare
+    finish: Finish
+    lane: Lane = Lane.REALTIME
+    alpha_only: bool = False  # the caller needs no foreground: the engine may skip it
+    tag: Any = None
+    dispatched: bool = False
+    enqueued_at: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[Done[S]] | None = None
+
+    def batch_key(self) -> Hashable:
+        key = (id(self.engine), self.size, self.ratio, self.alpha_only)
+        return (*key, state_signature(self.state))
+
+
+@dataclass(frozen=True)
+class Done(Generic[S]):
+    """A processed frame: the finish() result, the new state, and where the time went."""
+
+    payload: Any
+    state: S
+    queue_s: float
+    decode_s: float
+    infer_s: float
+    encode_s: float
+    batch: int
+
+
+class Scheduler(Generic[S]):
+    """Runs the works of every stream whose engines have state type `S` (the engines'
+    `EngineState` in the server)."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        max_batch: int = 1,
+        batch_share: int = 4,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.workers = workers
+        self.max_batch = max_batch
+        self._share = batch_share
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-infer")
+        self._ready: dict[Lane, deque[Work[S]]] = {lane: deque() for lane in Lane}
+        self._free = workers
+        self._realtime_run = 0
+        self._closed = False
+
+    async def run(self, work: Work[S]) -> Done[S]:
+        """Queue `work` and wait for it; raises what its prepare/finish or the engine raised.
+        Cancelling the wait before dispatch takes the work out of the queue."""
+        if self._closed:
+            raise RuntimeError("the scheduler is shut down")
+        loop = asyncio.get_running_loop()
+        work.future = loop.create_future()
+        work.enqueued_at = time.monotonic()
+        self._ready[work.lane].append(work)
+        self._dispatch()
+        return await work.future
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self._ready.values())
+
+    async def aclose(self) -> None:
+        """Fail queued work and wait (off the loop) for running engine calls to end."""
+        self._closed = True
+        for queue in self._ready.values():
+            while queue:
+                work = queue.popleft()
+                if work.future is not None and not work.future.done():
+                    work.future.set_exception(RuntimeError("the server is shutting down"))
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+    # On the event loop -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._free > 0 and not self._closed:
+            batch = self._take()
+            if not batch:
+                return
+            self._free -= 1
+            for work in batch:
+                work.dispatched = True
+            running = loop.run_in_executor(self._pool, self._execute, batch)
+            running.add_done_callback(lambda f, b=batch: self._finished(b, f))  # type: ignore[misc]
+
+    def _next_lane(self) -> Lane | None:
+        realtime, batch = self._ready[Lane.REALTIME], self._ready[Lane.BATCH]
+        if realtime and (not batch or self._realtime_run < self._share):
+            self._realtime_run += 1
+            return Lane.REALTIME
+        if batch:
+            self._realtime_run = 0
+            return Lane.BATCH
+        return None
+
+    def _take(self) -> list[Work[S]]:
+        while (lane := self._next_lane()) is not None:
+            queue = self._ready[lane]
+            first = queue.popleft()
+            if first.future is None or first.future.done():  # its waiter was cancelled
+                continue
+            batch = [first]
+            if self.max_batch > 1:
+                key = first.batch_key()
+                for other in list(queue):
+                    if len(batch) == self.max_batch:
+                        break
+                    live = other.future is not None and not other.future.done()
+                    if live and other.batch_key() == key:
+                        queue.remove(other)
+                        batch.append(other)
+            return batch
+        return []
+
+    def _finished(
+        self, batch: list[Work[S]], running: asyncio.Future[list[Done[S] | BaseException]]
+    ) -> None:
+        self._free += 1
+        try:
+            results: list[Done[S] | BaseException] = running.result()
+        except BaseException as exc:  # the pool was shut down under it
+            results = [exc] * len(batch)
+        for work, result in zip(batch, results, strict=True):
+            if work.future is None or work.future.done():
+                continue
+            if isinstance(result, BaseException):
+                work.future.set_exception(result)
+            else:
+                work.future.set_result(result)
+        if not self._closed:
+            self._dispatch()
+
+    # In a worker thread ------------------------------------------------------------------------
+
+    def _execute(self, batch: list[Work[S]]) -> list[Done[S] | BaseException]:
+        started = time.monotonic()
+        results: list[Done[S] | BaseException | None] = [None] * len(batch)
+        inputs: list[Float32Array] = []
+        good: list[int] = []
+        decode_s: dict[int, float] = {}
+        for i, work in enumerate(batch):
+            t = time.monotonic()
+            try:
+                inputs.append(work.prepare())
+                good.append(i)
+            except Exception as exc:
+                results[i] = exc
+            decode_s[i] = time.monotonic() - t
+        if good:
+            first = batch[good[0]]
+            try:
+                t = time.monotonic()
+                src = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+                state = stack_states([batch[i].state for i in good])
+                out = first.engine.infer(src, state, first.ratio, alpha_only=first.alpha_only)
+                infer_s = time.monotonic() - t
+                states = split_state(out.state, len(good))
+            except Exception as exc:
+                logger.exception("engine %s failed on a batch of %d", first.engine.name, len(good))
+                for i in good:
+                    results[i] = exc
+            else:
+                self._observe_infer(first, infer_s, len(good))
+                for j, i in enumerate(good):
+                    results[i] = self._finish(
+                        batch[i],
+                        None if out.fgr is None else out.fgr[j],
+                        out.pha[j],
+                        states[j],
+                        started,
+                        decode_s[i],
+                        infer_s,
+                        len(good),
+                    )
+        return [r if r is not None else RuntimeError("frame not processed") for r in results]
+
+    def _finish(
+        self,
+        work: Work[S],
+        fgr: Float32Array | None,
+        pha: Float32Array,
+        state: S,
+        started: float,
+        decode_s: float,
+        infer_s: float,
+        batch: int,
+    ) -> Done[S] | BaseException:
+        t = time.monotonic()
+        try:
+            payload = work.finish(fgr, pha)
+        except Exception as exc:
+            return exc
+        encode_s = time.monotonic() - t
+        queue_s = max(0.0, started - work.enqueued_at)
+        if self._metrics is not None:
+            self._metrics.queue_seconds.labels(lane=work.lane.value).observe(queue_s)
+            self._metrics.decode_seconds.observe(decode_s)
+            self._metrics.encode_seconds.observe(encode_s)
+            self._metrics.frames_matted.labels(model=work.model, lane=work.lane.value).inc()
+        return Done(payload, state, queue_s, decode_s, infer_s, encode_s, batch)
+
+    def _observe_infer(self, work: Work[S], seconds: float, batch: int) -> None:
+        if self._metrics is not None:
+            self._metrics.inference_seconds.labels(model=work.model).observe(seconds)
+            self._metrics.batch_size.observe(batch)

@@ -1,0 +1,110 @@
+"""Frames in (JPEG, PNG, raw RGB) and mattes out (8-bit grey PNG, raw bytes). Pure functions,
+called from the inference workers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.io.writer import encode_png
+from server.media.sniff import MediaError, image_header
+
+InputFormat = Literal["jpeg", "png", "rgb24"]
+OutputFormat = Literal["alpha_png", "alpha_raw"]
+
+
+class FrameError(ValueError):
+    """A frame cannot be used; the message says why and what was expected."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def network_size_error(width: int, height: int, ratio: float) -> str | None:
+    """Why the network cannot run at `ratio` x a WxH frame, or None. It resizes the frame by
+    the ratio first (a float32 scale, sizes rounded down); a side under 1 px there fails in
+    the engine's first convolution."""
+    side = min(width, height)
+    if np.floor(np.float32(side) * np.float32(ratio)) >= 1:
+        return None
+    return (
+        f"downsample_ratio {ratio:g} runs the network at less than 1 px on the {side}-px side "
+        f"of a {width}x{height} frame; use a ratio of at least {1 / side:.4g} or larger frames"
+    )
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) a PNG or JPEG declares in its header, read without decoding;
+    FrameError(bad_frame) for any other format (the allow-list is PNG and JPEG)."""
+    try:
+        header = image_header(data)
+    except MediaError as exc:
+        raise FrameError("bad_frame", f"cannot decode {len(data)} bytes: {exc}") from None
+    return header.width, header.height
+
+
+def decode_image(data: bytes) -> NDArray[np.uint8]:
+    """PNG/JPEG -> [H,W,3] uint8 RGB, contiguous; FrameError if undecodable. Check
+    `image_size` against a limit first: this decodes every pixel the header declares."""
+    return np.ascontiguousarray(_decode_rgb_view(data))
+
+
+def _decode_rgb_view(data: bytes) -> NDArray[np.uint8]:
+    # The decoder's BGR pixels seen as RGB (a reversed view, no copy).
+    image_size(data)
+    buffer = np.frombuffer(data, np.uint8)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if bgr is None:
+        raise FrameError("bad_frame", f"cannot decode {len(data)} bytes as a PNG or JPEG image")
+    return np.asarray(bgr[..., ::-1], dtype=np.uint8)  # a view: the dtype is uint8 already
+
+
+def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDArray[np.uint8]:
+    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError. A view, not
+    a copy (of the message's bytes for rgb24, read-only; of the decoded image, reversed from
+    BGR, for PNG/JPEG): `to_batch` reads it once into the engine's input."""
+    if fmt == "rgb24":
+        check_raw_size(data, width, height)
+        return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+    # The declared size first: a frame of another size (a decompression bomb included) is
+    # refused before a pixel is decoded.
+    declared = image_size(data)
+    if declared != (width, height):
+        raise FrameError(
+            "wrong_size",
+            f"frame is {declared[0]}x{declared[1]}, the session was started at "
+            f"{width}x{height}; start a new session for another size",
+        )
+    rgb = _decode_rgb_view(data)
+    if rgb.shape[:2] != (height, width):
+        raise FrameError("bad_frame", "the frame decodes to another size than its header")
+    return rgb
+
+
+def check_raw_size(data: bytes, width: int, height: int) -> None:
+    expected = width * height * 3
+    if len(data) != expected:
+        raise FrameError(
+            "wrong_size",
+            f"rgb24 frame has {len(data)} bytes, a {width}x{height} frame has {expected} "
+            "(width*height*3, rows top to bottom, RGB)",
+        )
+
+
+def to_batch(rgb: NDArray[np.uint8]) -> Float32Array:
+    """[H,W,3] uint8 (any strides) -> [1,3,H,W] float32 in [0,1]: the one copy."""
+    return frames_to_batch([rgb])
+
+
+def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
+    """pha [1,H,W] float in [0,1] -> 8-bit grey PNG or H*W raw bytes (row-major)."""
+    alpha = alpha_to_uint8(pha)
+    if fmt == "alpha_raw":
+        return alpha.tobytes()
+    return encode_png(alpha)

@@ -1,0 +1,162 @@
+"""The WebSocket protocol of `/v1/stream` (DESIGN 4.3) as data: messages, error and close codes.
+
+docs/server.md is the user-facing description; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ptq4vm_core.pipeline import resolve_downsample_ratio
+from server.streaming.codec import InputFormat, OutputFormat, network_size_error
+
+
+class Close(IntEnum):
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000  # after `stop`
+    GOING_AWAY = 1001  # idle timeout, server shutdown, session resumed on another connection
+    UNSUPPORTED = 1003  # a text message that is no JSON object of a known type
+    POLICY = 1008  # protocol violation: frame before start, bad start, unknown model ...
+    TOO_BIG = 1009  # a message over PTQ4VM_MAX_MESSAGE_BYTES
+    INTERNAL = 1011  # the model cannot be loaded (e.g. a corrupt artifact)
+    AT_CAPACITY = 1013  # PTQ4VM_MAX_SESSIONS sessions are open: try again later
+
+
+class StartMessage(BaseModel):
+    """`{"type":"start",...}`; unknown extra fields are ignored (forward compatibility)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["start"]
+    width: Annotated[int, Field(gt=0)]
+    height: Annotated[int, Field(gt=0)]
+    input: InputFormat = "jpeg"
+    output: OutputFormat = "alpha_png"
+    downsample_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    model: str | None = None
+
+
+CONTROL_TYPES = frozenset({"start", "reset", "stop", "ping"})
+# Control messages are flat objects; anything nested deeper is refused unparsed further.
+MAX_JSON_DEPTH = 8
+# A ping's `id` is echoed back: a short string or an integer only.
+MAX_PING_ID_CHARS = 128
+
+
+class ProtocolError(Exception):
+    """A message breaks the protocol: tell the client `code`/`message`, then close with
+    `close` (None: the session stays open)."""
+
+    def __init__(self, code: str, message: str, close: Close | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close = close
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects more than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_control(text: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """A text message -> its JSON object with a known `type`, or ProtocolError: 1009 over
+    `max_bytes` (never parsed), 1003 not JSON, nested over MAX_JSON_DEPTH, or no known type."""
+    if max_bytes is not None and len(text) > max_bytes:  # characters >= bytes / 4: cheap
+        size = len(text.encode())
+        if size > max_bytes:
+            raise ProtocolError(
+                "too_big",
+                f"text message of {size} bytes is over {max_bytes} (PTQ4VM_MAX_TEXT_BYTES)",
+                Close.TOO_BIG,
+            )
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj = None
+        nested = True
+    except ValueError as exc:
+        raise ProtocolError(
+            "bad_message", f"text message is not JSON: {str(exc)[:200]}", Close.UNSUPPORTED
+        ) from None
+    else:
+        nested = _too_deep(obj, MAX_JSON_DEPTH)
+    if nested:
+        raise ProtocolError(
+            "bad_message",
+            f"text message nests JSON deeper than {MAX_JSON_DEPTH} levels",
+            Close.UNSUPPORTED,
+        )
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            "bad_message", "text message must be a JSON object with a 'type'", Close.UNSUPPORTED
+        )
+    kind = obj.get("type")
+    if kind not in CONTROL_TYPES:
+        raise ProtocolError(
+            "bad_message",
+            f"unknown message type {kind!r}; expected one of {sorted(CONTROL_TYPES)} "
+            "(frames are binary messages)",
+            Close.UNSUPPORTED,
+        )
+    if kind == "ping" and "id" in obj:
+        ping_id = obj["id"]
+        short = isinstance(ping_id, str) and len(ping_id) <= MAX_PING_ID_CHARS
+        if not (short or (isinstance(ping_id, int) and abs(ping_id) < 2**53)):
+            raise ProtocolError(
+                "bad_message",
+                f"a ping id must be a string of at most {MAX_PING_ID_CHARS} characters or an "
+                "integer",
+                Close.UNSUPPORTED,
+            )
+    return obj
+
+
+def parse_start(obj: dict[str, Any], max_side: int, max_pixels: int | None = None) -> StartMessage:
+    try:
+        start = StartMessage.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ProtocolError(
+            "bad_start", f"invalid start message: {problems}", Close.POLICY
+        ) from None
+    if max(start.width, start.height) > max_side:
+        raise ProtocolError(
+            "bad_start",
+            f"frame size {start.width}x{start.height} is over the limit of {max_side} px a side "
+            "(PTQ4VM_MAX_FRAME_SIDE)",
+            Close.POLICY,
+        )
+    if max_pixels is not None and start.width * start.height > max_pixels:
+        raise ProtocolError(
+            "bad_start",
+            f"frame size {start.width}x{start.height} is over the limit of {max_pixels} pixels "
+            "(PTQ4VM_MAX_PIXELS)",
+            Close.POLICY,
+        )
+    ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+    problem = network_size_error(start.width, start.height, ratio)
+    if problem is not None:
+        raise ProtocolError("bad_start", problem, Close.POLICY)
+    return start
+
+
+def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
