@@ -14,11 +14,10 @@ transitions are read together.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.websockets import WebSocket
 
@@ -35,8 +34,12 @@ from server.streaming.capacity import SessionManager
 from server.streaming.codec import FrameError
 from server.streaming.protocol import (
     Close,
+    PongMessage,
     ProtocolError,
+    ServerMessage,
     StartMessage,
+    StoppedMessage,
+    dump,
     error,
     parse_control,
     parse_start,
@@ -53,7 +56,7 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
-_Item = tuple[dict[str, Any] | None, bytes | None, tuple[int, str] | None]
+_Item = tuple[ServerMessage | None, bytes | None, tuple[int, str] | None]
 
 # Messages waiting for the writer. Mattes are bounded by the session (MAX_BACKLOG); errors and
 # pongs are answers to the client's own messages, so a client that sends without reading
@@ -103,7 +106,7 @@ class Connection:
 
     # Outbox -----------------------------------------------------------------------------------
 
-    def deliver(self, message: dict[str, Any], payload: bytes | None = None) -> None:
+    def deliver(self, message: ServerMessage, payload: bytes | None = None) -> None:
         if self._closing:
             return
         if self._queue.qsize() >= MAX_OUTBOX:
@@ -183,7 +186,7 @@ class Connection:
                     await self.ws.close(close[0], close[1].encode()[:120].decode(errors="ignore"))
                     return
                 assert message is not None
-                await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+                await self.ws.send_text(dump(message))
                 if payload is not None:
                     await self.ws.send_bytes(payload)
                 if self.session is not None and self.session.outbox is self:
@@ -262,7 +265,7 @@ class Connection:
         obj = parse_control(text, self.settings.max_text_bytes)
         kind = obj["type"]
         if kind == "ping":
-            self.deliver({"type": "pong", **({"id": obj["id"]} if "id" in obj else {})})
+            self.deliver(PongMessage(id=obj.get("id")))
         elif kind == "start":
             if self.phase is not Phase.AWAITING_START:
                 raise ProtocolError(
@@ -308,10 +311,8 @@ class Connection:
         sessions.add(session, self)
         self._got_session()
         self.phase = Phase.STREAMING
-        started = session.describe(resumed=False)
-        if self._gone is not None:  # a resume of a session that is gone: say why
-            started["expired"] = self._gone
-        self.deliver(started)
+        # A resume of a session that is gone says why (`expired`).
+        self.deliver(session.describe(resumed=False, expired=self._gone))
         logger.info(
             "session %s started: %dx%d %s, model %s, ratio %g",
             session.id,
@@ -410,13 +411,12 @@ class Connection:
         self.phase = Phase.STOPPING
         await session.drain()
         self.deliver(
-            {
-                "type": "stopped",
-                "session": session.id,
-                "frames": session.next_seq,
-                "matted": session.matted,
-                "dropped": session.dropped_total,
-            }
+            StoppedMessage(
+                session=session.id,
+                frames=session.next_seq,
+                matted=session.matted,
+                dropped=session.dropped_total,
+            )
         )
         self.services.sessions.remove(session)
         self.session = None

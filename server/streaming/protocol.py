@@ -1,15 +1,26 @@
-"""The WebSocket protocol of `/v1/stream` (DESIGN 4.3) as data: messages, error and close codes.
+"""The WebSocket protocol of `/v1/stream` (DESIGN 4.3) as data: every message both ways, error
+and close codes.
 
-docs/server.md is the user-facing description; keep the two in step.
+Every text message the server sends is one of the models below (`ServerMessage`), serialised by
+`dump`. The JSON schema of both directions is docs/stream-protocol.schema.json, with a copy in
+the Python client's package that it checks every message against, both written by
+
+    python -m server.streaming.protocol docs/stream-protocol.schema.json \
+        clients/python/ptq4vm_client/protocol.schema.json
+
+Tests check the files against these models, the Python client's reads and the browser page's
+(tests/server/test_protocol_schema.py). docs/server.md is the user-facing description.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from enum import IntEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.streaming.codec import InputFormat, OutputFormat, network_size_error
@@ -39,6 +50,136 @@ class StartMessage(BaseModel):
     output: OutputFormat = "alpha_png"
     downsample_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
     model: str | None = None
+
+
+class ResetMessage(BaseModel):
+    """`{"type":"reset"}`: zero the recurrent state (the next frame runs `fresh`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    type: Literal["reset"]
+
+
+class StopMessage(BaseModel):
+    """`{"type":"stop"}`: end the session once the frames in flight are matted."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    type: Literal["stop"]
+
+
+PingId = Annotated[str, Field(max_length=128)] | Annotated[int, Field(gt=-(2**53), lt=2**53)]
+
+
+class PingMessage(BaseModel):
+    """`{"type":"ping","id":...}`: answered by a `pong` with the same `id`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    type: Literal["ping"]
+    id: PingId | None = None
+
+
+ClientMessage = Annotated[
+    StartMessage | ResetMessage | StopMessage | PingMessage, Field(discriminator="type")
+]
+
+
+# What the server sends ----------------------------------------------------------------------
+
+
+class _Outgoing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StartedMessage(_Outgoing):
+    """The answer to `start` (and to a resume): the session's ID (a bearer capability for
+    `?session=ID`), the model version and engine it keeps, its frame shape and formats, and
+    `next_seq`, the seq its next frame will get. `expired` says why a session a client tried
+    to resume is gone (it was evicted or expired; this is a new one)."""
+
+    type: Literal["started"] = "started"
+    session: str
+    model: str
+    engine: str
+    downsample_ratio: float
+    width: int
+    height: int
+    input: InputFormat
+    output: OutputFormat
+    resumed: bool
+    next_seq: int
+    expired: str | None = None
+
+
+class MatteMessage(_Outgoing):
+    """The header of one processed frame; its binary payload (a grey PNG, or W*H bytes for
+    `format` raw) follows at once. `dropped`: seqs replaced since the previous matte
+    (latest-frame-wins); `fresh`: the frame ran from a zero state; the `*_ms` say where the
+    server's time went."""
+
+    type: Literal["matte"] = "matte"
+    seq: int
+    model: str
+    dropped: list[int]
+    fresh: bool
+    width: int
+    height: int
+    format: Literal["png", "raw"]
+    batch: int
+    queue_ms: float
+    decode_ms: float
+    infer_ms: float
+    encode_ms: float
+    server_ms: float
+
+
+class StoppedMessage(_Outgoing):
+    """The answer to `stop`: frames received, matted and dropped over the session."""
+
+    type: Literal["stopped"] = "stopped"
+    session: str
+    frames: int
+    matted: int
+    dropped: int
+
+
+class PongMessage(_Outgoing):
+    """The answer to `ping`, with its `id` when it had one."""
+
+    type: Literal["pong"] = "pong"
+    id: PingId | None = None
+
+
+class ErrorMessage(_Outgoing):
+    """What went wrong (`code`, docs/server.md lists them) and why; `seq` when one frame was
+    refused (the session goes on)."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    seq: int | None = None
+
+
+ServerMessage = StartedMessage | MatteMessage | StoppedMessage | PongMessage | ErrorMessage
+
+
+def dump(message: ServerMessage) -> str:
+    """The message as compact JSON; fields left None (optional ones) are left out."""
+    return message.model_dump_json(exclude_none=True)
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of both directions: `client` (what a client may send as text) and
+    `server` (what the server sends), each a union over `type`."""
+    server = Annotated[ServerMessage, Field(discriminator="type")]
+    outgoing = TypeAdapter(server).json_schema(mode="serialization")
+    for model in outgoing["$defs"].values():  # `type` has a default, and is always sent
+        model["required"] = ["type", *model.get("required", [])]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "PTQ4VM /v1/stream WebSocket messages (text frames; frames and matte "
+        "payloads are binary)",
+        "client": TypeAdapter(ClientMessage).json_schema(),
+        "server": outgoing,
+    }
 
 
 CONTROL_TYPES = frozenset({"start", "reset", "stop", "ping"})
@@ -158,5 +299,14 @@ def parse_start(obj: dict[str, Any], max_side: int, max_pixels: int | None = Non
     return start
 
 
-def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message, **extra}
+def error(code: str, message: str, seq: int | None = None) -> ErrorMessage:
+    return ErrorMessage(code=code, message=message, seq=seq)
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    for target in sys.argv[1:]:
+        Path(target).write_text(schema_text())

@@ -19,14 +19,20 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from ptq4vm_core.engine.base import EngineState, Float32Array
 from server.inference.scheduler import Done, Scheduler, Work
 from server.metrics import Metrics
 from server.models.registry import ModelLease
 from server.streaming.codec import check_raw_size, decode_frame, encode_alpha, to_batch
-from server.streaming.protocol import StartMessage, error
+from server.streaming.protocol import (
+    MatteMessage,
+    ServerMessage,
+    StartedMessage,
+    StartMessage,
+    error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ def proposable_session_id(value: str) -> bool:
 class Outbox(Protocol):
     """Where a session's messages go: the attached connection's writer."""
 
-    def deliver(self, message: dict[str, Any], payload: bytes | None = None) -> None: ...
+    def deliver(self, message: ServerMessage, payload: bytes | None = None) -> None: ...
 
     def backlog(self) -> int: ...
 
@@ -107,21 +113,21 @@ class Session:
     def version(self) -> str:
         return self.lease.version
 
-    def describe(self, resumed: bool) -> dict[str, Any]:
+    def describe(self, resumed: bool, expired: str | None = None) -> StartedMessage:
         """The `started` message."""
-        return {
-            "type": "started",
-            "session": self.id,
-            "model": self.version,
-            "engine": self.lease.engine.name,
-            "downsample_ratio": self.ratio,
-            "width": self.start.width,
-            "height": self.start.height,
-            "input": self.start.input,
-            "output": self.start.output,
-            "resumed": resumed,
-            "next_seq": self.next_seq,
-        }
+        return StartedMessage(
+            session=self.id,
+            model=self.version,
+            engine=self.lease.engine.name,
+            downsample_ratio=self.ratio,
+            width=self.start.width,
+            height=self.start.height,
+            input=self.start.input,
+            output=self.start.output,
+            resumed=resumed,
+            next_seq=self.next_seq,
+            expired=expired,
+        )
 
     # Frames ----------------------------------------------------------------------------------
 
@@ -236,25 +242,24 @@ class Session:
             self.state = done.state
         self.matted += 1
         dropped, self._dropped = self._dropped, []
-        message = {
-            "type": "matte",
-            "seq": tag.seq,
-            "model": work.model,
-            "dropped": dropped,
-            "fresh": fresh,
-            "width": self.start.width,
-            "height": self.start.height,
-            "format": "png" if self.start.output == "alpha_png" else "raw",
-            "batch": done.batch,
-            "queue_ms": round(done.queue_s * 1e3, 3),
-            "decode_ms": round(done.decode_s * 1e3, 3),
-            "infer_ms": round(done.infer_s * 1e3, 3),
-            "encode_ms": round(done.encode_s * 1e3, 3),
-            "server_ms": round((time.monotonic() - tag.received_at) * 1e3, 3),
-        }
+        message = MatteMessage(
+            seq=tag.seq,
+            model=work.model,
+            dropped=dropped,
+            fresh=fresh,
+            width=self.start.width,
+            height=self.start.height,
+            format="png" if self.start.output == "alpha_png" else "raw",
+            batch=done.batch,
+            queue_ms=round(done.queue_s * 1e3, 3),
+            decode_ms=round(done.decode_s * 1e3, 3),
+            infer_ms=round(done.infer_s * 1e3, 3),
+            encode_ms=round(done.encode_s * 1e3, 3),
+            server_ms=round((time.monotonic() - tag.received_at) * 1e3, 3),
+        )
         self._send(message, done.payload)
 
-    def _send(self, message: dict[str, Any], payload: bytes | None = None) -> None:
+    def _send(self, message: ServerMessage, payload: bytes | None = None) -> None:
         if self.outbox is not None:
             self.outbox.deliver(message, payload)
 

@@ -48,6 +48,7 @@ from ptq4vm_client.errors import (
     StreamError,
 )
 from ptq4vm_client.messages import Matte, Started, Stopped, StreamStats
+from ptq4vm_client.protocol import check
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ class AsyncStream:
             await ws.send(json.dumps(self._start_message))
             async with asyncio.timeout(self.open_timeout_s):
                 reply = await ws.recv()
-            message = json.loads(reply) if isinstance(reply, str) else {}
+            message = check(json.loads(reply)) if isinstance(reply, str) else {}
             if message.get("type") != "started":
                 await ws.close()
                 raise StreamClosedError(
@@ -347,8 +348,8 @@ class AsyncStream:
                     message = await ws.recv()
                     if isinstance(message, bytes):
                         continue  # a payload whose matte header was lost; never expected
-                    obj = json.loads(message)
-                    if obj.get("type") == "matte":
+                    obj = check(json.loads(message))
+                    if obj["type"] == "matte":
                         await self._on_matte(obj, await ws.recv())
                         continue
                 except ConnectionClosed as exc:
@@ -373,12 +374,12 @@ class AsyncStream:
                     await self._reconnect()
                     last_error = None
                     continue
-                kind = obj.get("type")
+                kind = obj["type"]
                 if kind == "error" and "seq" in obj:
                     await self._on_frame_error(obj)
                 elif kind == "error":
                     last_error = obj
-                    logger.warning("server error: %s: %s", obj.get("code"), obj.get("message"))
+                    logger.warning("server error: %s: %s", obj["code"], obj["message"])
                 elif kind == "stopped":
                     self._stopped = Stopped.from_message(obj)
                     await self._finish()
@@ -394,7 +395,7 @@ class AsyncStream:
         if not isinstance(payload, bytes):
             raise StreamError("a matte message was not followed by its binary payload")
         seq = int(obj["seq"]) + self._offset
-        dropped = tuple(int(s) + self._offset for s in obj.get("dropped") or ())
+        dropped = tuple(int(s) + self._offset for s in obj["dropped"])
         for s in dropped:
             self._sent_at.pop(s, None)
         sent = self._sent_at.pop(seq, now)
@@ -405,9 +406,9 @@ class AsyncStream:
             Matte(
                 seq=seq,
                 alpha=alpha,
-                model=str(obj.get("model")),
+                model=str(obj["model"]),
                 dropped=dropped,
-                fresh=bool(obj.get("fresh", False)),
+                fresh=bool(obj["fresh"]),
                 latency_s=now - sent,
                 data=payload,
                 info=obj,
@@ -419,7 +420,7 @@ class AsyncStream:
         seq = int(obj["seq"]) + self._offset
         self._sent_at.pop(seq, None)
         self.stats.frame_errors += 1
-        self._mattes.put_nowait(FrameError(str(obj.get("code")), str(obj.get("message")), seq))
+        self._mattes.put_nowait(FrameError(str(obj["code"]), str(obj["message"]), seq))
         await self._resolve(seq + 1)
 
     async def _resolve(self, upto: int) -> None:

@@ -1,4 +1,5 @@
-"""What a stream returns: the session it started, mattes, and the summary at its end."""
+"""What a stream returns: the session it started, mattes, and the summary at its end. Built
+from server messages `ptq4vm_client.protocol.check` has passed (their fields are there)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ class Started:
     def from_message(cls, message: dict[str, Any]) -> Started:
         return cls(
             session=str(message["session"]),
-            model=str(message.get("model")),
-            downsample_ratio=float(message.get("downsample_ratio") or 0.0),
-            resumed=bool(message.get("resumed", False)),
-            next_seq=int(message.get("next_seq", 0)),
+            model=str(message["model"]),
+            downsample_ratio=float(message["downsample_ratio"]),
+            resumed=bool(message["resumed"]),
+            next_seq=int(message["next_seq"]),
             info=message,
         )
 
@@ -66,10 +67,10 @@ class Stopped:
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Stopped:
         return cls(
-            session=str(message.get("session")),
-            frames=int(message.get("frames", 0)),
-            matted=int(message.get("matted", 0)),
-            dropped=int(message.get("dropped", 0)),
+            session=str(message["session"]),
+            frames=int(message["frames"]),
+            matted=int(message["matted"]),
+            dropped=int(message["dropped"]),
             info=message,
         )
 
