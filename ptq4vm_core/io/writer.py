@@ -21,7 +21,6 @@ import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, get_args
 
 import av
@@ -132,13 +131,8 @@ class FrameWriter(abc.ABC):
     def __enter__(self) -> FrameWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
+    def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is None:
             self.close()
         else:
             self.abort()

@@ -10,7 +10,6 @@ import copy
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -287,12 +286,7 @@ class ActivationObserver:
         self._stack = stack
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             stack.close()

@@ -7,7 +7,6 @@ import contextlib
 import json
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 import cv2
@@ -55,15 +54,10 @@ class Witness:
         self.check()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
-        if exc_type is None:
+        if exc_info[0] is None:
             assert self.error is None, f"the witness session failed: {self.error!r}"
 
 

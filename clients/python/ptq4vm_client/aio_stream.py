@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from functools import partial
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -156,13 +155,8 @@ class AsyncStream:
         await self.open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._fatal is None and self._stopped is None:
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is None and self._fatal is None and self._stopped is None:
             await self.stop()
         await self.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -112,14 +111,9 @@ class Stream:
         self.open()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         try:
-            self._loop.run(self._stream.__aexit__(exc_type, exc, tb))
+            self._loop.run(self._stream.__aexit__(*exc_info))
         finally:
             self._loop.stop()
 
