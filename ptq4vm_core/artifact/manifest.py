@@ -36,8 +36,8 @@ from pydantic import (
 )
 
 from ptq4vm_core.artifact.errors import ArtifactError
-from ptq4vm_core.artifact.files import replace_file
 from ptq4vm_core.artifact.packing import Storage, storage_for
+from ptq4vm_core.files import replace_file
 from ptq4vm_core.quant.method import Method, Profile
 from ptq4vm_core.quant.spec import Int8Target, QuantPolicy, parse_bits
 

@@ -27,7 +27,6 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from ptq4vm_core.artifact.errors import ArtifactError
-from ptq4vm_core.artifact.files import fsync_dir, sha256_bytes, write_synced
 from ptq4vm_core.artifact.layout import (
     ACT_SCALE,
     ACT_ZERO_POINT,
@@ -59,6 +58,7 @@ from ptq4vm_core.artifact.manifest import (
 )
 from ptq4vm_core.artifact.packing import encode_weight, storage_for
 from ptq4vm_core.assets import RVM_WEIGHTS
+from ptq4vm_core.files import fsync_dir, sha256_bytes, write_synced
 from ptq4vm_core.model import MattingNetwork
 from ptq4vm_core.quant.method import Method, Profile
 from ptq4vm_core.quant.model import quant_layers

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from ptq4vm_core.artifact.errors import ArtifactError
-from ptq4vm_core.artifact.files import sha256_bytes
 from ptq4vm_core.artifact.layout import (
     ACT_SCALE,
     ACT_ZERO_POINT,
@@ -39,6 +38,7 @@ from ptq4vm_core.artifact.manifest import (
     read_manifest,
 )
 from ptq4vm_core.artifact.packing import decode_weight
+from ptq4vm_core.files import sha256_bytes
 from ptq4vm_core.quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)

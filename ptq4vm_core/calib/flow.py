@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ptq4vm_core.files import atomic_path
 from ptq4vm_core.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -245,17 +244,10 @@ def _read_cache(path: Path, shape: torch.Size, backend: FlowBackend) -> FlowSet:
 
 def _write_cache(path: Path, flows: FlowSet) -> None:
     """Writes atomically: readers see the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tensors = {"flow": flows.flow.contiguous(), "mask": flows.mask.contiguous()}
-        meta = {"backend": flows.backend, "format_version": str(FORMAT_VERSION)}
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {"flow": flows.flow.contiguous(), "mask": flows.mask.contiguous()}
+    meta = {"backend": flows.backend, "format_version": str(FORMAT_VERSION)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_or_compute_flows(

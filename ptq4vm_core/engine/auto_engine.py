@@ -16,9 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ from ptq4vm_core.engine.base import (
 )
 from ptq4vm_core.engine.openvino_engine import ShapeKey, openvino_version
 from ptq4vm_core.engine.ort_engine import BUDGET, default_threads, hardware_tag
+from ptq4vm_core.files import replace_file
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -212,10 +211,4 @@ def write_choice(path: Path, key: str, value: dict[str, Any]) -> None:
     """Adds one choice to the file, atomically (call it under `choices_lock`)."""
     data = read_choices(path)
     data[key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    replace_file(path, json.dumps(data, indent=1, sort_keys=True).encode())

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
 from ptq4vm_core.engine import openvino_graph, qdq, rvm_graph
 from ptq4vm_core.engine.graph import GraphEditor
+from ptq4vm_core.files import atomic_path, write_synced
 
 logger = logging.getLogger(__name__)
 
@@ -194,27 +192,14 @@ def export_artifact(artifact: Path, out_dir: Path, *, root: Path | None = None) 
         "seconds": round(time.monotonic() - started, 2),
     }
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        _write(tmp / GENERAL, general.SerializeToString())
-        _write(tmp / FULL_RESOLUTION, full.SerializeToString())
-        _write(tmp / OPENVINO_GENERAL, ov_general.SerializeToString())
-        _write(tmp / OPENVINO_FULL_RESOLUTION, ov_full.SerializeToString())
-        _write(tmp / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_path(out_dir, directory=True) as tmp:
+        write_synced(tmp / GENERAL, general.SerializeToString())
+        write_synced(tmp / FULL_RESOLUTION, full.SerializeToString())
+        write_synced(tmp / OPENVINO_GENERAL, ov_general.SerializeToString())
+        write_synced(tmp / OPENVINO_FULL_RESOLUTION, ov_full.SerializeToString())
+        write_synced(tmp / REPORT, (json.dumps(report, indent=2) + "\n").encode())
     logger.info(
         "exported %s (%s) to %s in %.1f s",
         manifest.version_name, manifest.bits, out_dir, report["seconds"],
     )  # fmt: skip
     return ExportedGraphs(out_dir, out_dir / GENERAL, out_dir / FULL_RESOLUTION, report)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())

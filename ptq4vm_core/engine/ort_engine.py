@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import onnxruntime as ort
 
 from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.cpu import cpu_flags
+from ptq4vm_core.files import atomic_path
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
@@ -88,16 +88,9 @@ def create_session(
         return ort.InferenceSession(str(optimized), options, providers=providers)
     if optimized is None:
         return ort.InferenceSession(str(model_path), options, providers=providers)
-    optimized.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=optimized.parent, prefix=f".{optimized.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        options.optimized_model_filepath = tmp
-        session = ort.InferenceSession(str(model_path), options, providers=providers)
-        os.replace(tmp, optimized)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return session
+    with atomic_path(optimized) as tmp:
+        options.optimized_model_filepath = str(tmp)
+        return ort.InferenceSession(str(model_path), options, providers=providers)
 
 
 class ThreadBudget:

@@ -31,6 +31,7 @@ from typing import Any
 from ptq4vm_core.artifact import ArtifactError, read_manifest, verify_artifact
 from ptq4vm_core.artifact.manifest import VERSION_NAME_PATTERN
 from ptq4vm_core.engine import FP32, Engine, EngineKind, ModelNotFoundError, load_engine
+from ptq4vm_core.files import replace_file
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -241,23 +242,8 @@ class ModelRegistry:
         return version
 
     def _write_pointer(self, version: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         data = {"version": version, "activated_at": datetime.now(UTC).isoformat()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{ACTIVE_FILE}.", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.root / ACTIVE_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.root / ACTIVE_FILE, json.dumps(data).encode())
 
     # Loading ---------------------------------------------------------------------------------
 
