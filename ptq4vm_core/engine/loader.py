@@ -99,9 +99,9 @@ def load_engine(
 
 def _pick(kind: EngineKind, ort: Callable[[], Engine], openvino: Callable[[], Engine]) -> Engine:
     """ORT, OPENVINO, or AUTO: OpenVINO where it runs (faster than ONNX Runtime at every size
-    of benchmarks/engine.py), else ONNX Runtime. A per-shape measured choice
-    (`auto_engine.AutoEngine`) is not the default: processes with different caches could
-    choose differently, and their mattes then differ by an alpha level at rare pixels."""
+    of benchmarks/engine.py), else ONNX Runtime. Never a per-shape measured choice: processes
+    with different caches could choose differently, and their mattes then differ by an alpha
+    level at rare pixels."""
     if kind is EngineKind.ORT or (kind is EngineKind.AUTO and not openvino_available()):
         return ort()
     return openvino()

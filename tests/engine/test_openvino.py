@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 
 from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
-from ptq4vm_core.engine.auto_engine import AutoEngine, read_choices
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import SATURATION_REASON, int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
@@ -282,46 +280,6 @@ def test_shapes_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> 
     )
     with pytest.raises(RuntimeError):
         without.infer(tiny, None, 1.0)
-
-
-def test_auto_keeps_the_faster_runtime_per_shape(weights_file, clip_frames, tmp_path) -> None:
-    graphs = {True: weights_file, False: weights_file}
-    slow_calls = []
-
-    class Slowed(OrtEngine):
-        """ONNX Runtime made 50 ms slower per frame: auto must notice and pick OpenVINO."""
-
-        def infer(self, src, state, downsample_ratio, *, alpha_only=False):
-            slow_calls.append(src.shape)
-            time.sleep(0.05)
-            return super().infer(src, state, downsample_ratio, alpha_only=alpha_only)
-
-    def auto() -> AutoEngine:
-        return AutoEngine(
-            {
-                "openvino": lambda: OpenVinoEngine(graphs, name="ov", cache_dir=tmp_path / "ov"),
-                "ort": lambda: Slowed(weights_file),
-            },
-            name="auto-fp32",
-            identity="fp32-test",
-            choices=tmp_path / "choices.json",
-        )
-
-    engine = auto()
-    src = frames_to_batch(clip_frames[:1])
-    assert engine.chosen(1, 144, 176, 0.5) == "openvino"
-    measured = len(slow_calls)
-    assert measured > 0  # both candidates ran on this shape
-    (record,) = read_choices(tmp_path / "choices.json").values()
-    assert record["engine"] == "openvino"
-    assert record["ms_p50"]["ort"] > record["ms_p50"]["openvino"]
-    out = engine.infer(src, None, 0.5)
-    assert out.pha.shape == (1, 1, 144, 176)
-    # Another process (a restart) reads the choice instead of measuring again.
-    again = auto()
-    assert again.chosen(1, 144, 176, 0.5) == "openvino"
-    again.infer(src, out.state, 0.5)
-    assert len(slow_calls) == measured
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
