@@ -68,6 +68,7 @@ from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import cpu_class, cpu_model, int8_dot_exact
+from ptq4vm_core.engine.export.rvm_graph import prepare
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.openvino_engine import (
     OpenVinoEngine,
@@ -75,8 +76,8 @@ from ptq4vm_core.engine.openvino_engine import (
     cpu_has_bf16,
     openvino_version,
 )
-from ptq4vm_core.engine.ort_engine import OrtEngine, default_threads
-from ptq4vm_core.engine.rvm_graph import prepare
+from ptq4vm_core.engine.ort_engine import OrtEngine
+from ptq4vm_core.engine.runtime import default_threads
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.evaluate import evaluate_clips
 from ptq4vm_core.io.video import iter_frames

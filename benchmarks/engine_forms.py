@@ -31,7 +31,7 @@ import onnx
 from ptq4vm_core.artifact.verify import verify
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine
-from ptq4vm_core.engine.export import (
+from ptq4vm_core.engine.export.build import (
     OPENVINO_FORM,
     ORT_FORM,
     GraphForm,

@@ -15,7 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ptq4vm_core.engine.ort_engine import BUDGET
+from ptq4vm_core.engine.runtime import BUDGET
 
 # Seconds: from a quick PNG encode (~0.2 ms) to a large frame on a busy CPU (~2 s).
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -12,7 +12,7 @@ from ptq4vm_core.assets import SAMPLE_CLIP
 from ptq4vm_core.bench import bench_frames, run_benchmark
 from ptq4vm_core.cli.common import parse_size, progress_bar, user_errors
 from ptq4vm_core.engine import EngineKind, load_engine
-from ptq4vm_core.engine.ort_engine import default_threads
+from ptq4vm_core.engine.runtime import default_threads
 from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from ptq4vm_core.artifact.manifest import TENSORS_FILE, read_manifest
-from ptq4vm_core.engine.export import (
+from ptq4vm_core.engine.export.build import (
     EXPORT_VERSION,
     FULL_RESOLUTION,
     GENERAL,

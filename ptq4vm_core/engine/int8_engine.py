@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.cache import cached_export, optimized_path
-from ptq4vm_core.engine.export import ExportedGraphs
+from ptq4vm_core.engine.export.build import ExportedGraphs
 from ptq4vm_core.engine.ort_engine import (
     U8U8_PRECISION,
     OrtEngine,

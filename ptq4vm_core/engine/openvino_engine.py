@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from ptq4vm_core.engine.base import Engine, EngineOutput, EngineState, Float32Array
-from ptq4vm_core.engine.ort_engine import BUDGET, STATE_INPUTS, default_threads
+from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
 

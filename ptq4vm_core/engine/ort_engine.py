@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import platform
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +14,14 @@ import onnxruntime as ort
 
 from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
 from ptq4vm_core.engine.cpu import cpu_flags
+from ptq4vm_core.engine.runtime import BUDGET, OUTPUTS, STATE_INPUTS, default_threads
 from ptq4vm_core.files import atomic_path
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
 
-STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
-OUTPUTS = ("fgr", "pha", "r1o", "r2o", "r3o", "r4o")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-def default_threads() -> int:
-    """Intra-op threads: $PTQ4VM_THREADS, else every core the process may use."""
-    env = os.environ.get("PTQ4VM_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ONNX Runtime's session entry (kOrtSessionOptionsAvx2PrecisionMode) that, on x86 CPUs whose
@@ -91,42 +80,6 @@ def create_session(
     with atomic_path(optimized) as tmp:
         options.optimized_model_filepath = str(tmp)
         return ort.InferenceSession(str(model_path), options, providers=providers)
-
-
-class ThreadBudget:
-    """The intra-op threads engines of this process may use now: all of theirs, less the cores
-    that background work in child processes (a calibration, the default build) holds.
-
-    ONNX Runtime's intra-op threads meet at every operator, so one of them sharing its core
-    with another process stalls them all; measured on 2 cores, two threads beside a busy child
-    (even one at `SCHED_IDLE`) ran slower than one thread on the free core. `reserve(n)` is
-    held while such a child runs, pinned to `n` cores; engines then run sessions with n
-    threads fewer (never below one) until it is released.
-    """
-
-    def __init__(self) -> None:
-        self._reserved = 0
-        self._lock = threading.Lock()
-
-    @property
-    def reserved(self) -> int:
-        return self._reserved
-
-    def threads(self, wanted: int) -> int:
-        return max(1, wanted - self._reserved)
-
-    @contextmanager
-    def reserve(self, cores: int) -> Iterator[None]:
-        with self._lock:
-            self._reserved += cores
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._reserved -= cores
-
-
-BUDGET = ThreadBudget()
 
 
 class OrtEngine:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ptq4vm_core.engine.ort_engine import BUDGET
+from ptq4vm_core.engine.runtime import BUDGET
 
 logger = logging.getLogger(__name__)
 

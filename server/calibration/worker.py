@@ -31,6 +31,7 @@ from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import PROFILES
 from ptq4vm_core.calib.progress import ProgressEvent
 from ptq4vm_core.engine import FP32, load_engine
+from ptq4vm_core.engine.runtime import default_threads
 from ptq4vm_core.io.video import iter_frames, read_alpha_frames
 from ptq4vm_core.model import load_rvm_from_onnx
 from server.calibration.protocol import (
@@ -163,9 +164,7 @@ def run_speed(spec: WorkerSpec, speed: SpeedSpec, artifact: Path, events: Events
 
 
 def run(spec: WorkerSpec, events: Events) -> Result:
-    threads = os.environ.get("PTQ4VM_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(default_threads())  # the child's PTQ4VM_THREADS (CalibrationChild)
     prof = PROFILES[spec.profile]
     # The calibration's share of the progress: what follows it (gate, speed check) comes after.
     share = CALIBRATION_SHARE if spec.gate else SPEED_START if spec.speed else 1.0

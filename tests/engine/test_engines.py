@@ -6,7 +6,8 @@ import pytest
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine import EngineKind, ModelNotFoundError, load_engine
 from ptq4vm_core.engine.frames import frames_to_batch
-from ptq4vm_core.engine.ort_engine import BUDGET, OrtEngine
+from ptq4vm_core.engine.ort_engine import OrtEngine
+from ptq4vm_core.engine.runtime import BUDGET
 
 
 @pytest.mark.parametrize("kind", [EngineKind.ORT, EngineKind.TORCH])

@@ -15,13 +15,14 @@ import torch
 from onnx import TensorProto, helper
 
 from ptq4vm_core.artifact.verify import verify
-from ptq4vm_core.engine import cache, export
-from ptq4vm_core.engine.export import rewritten_graph
+from ptq4vm_core.engine import cache
+from ptq4vm_core.engine.export import build as export
+from ptq4vm_core.engine.export.build import rewritten_graph
+from ptq4vm_core.engine.export.graph import GraphEditor
+from ptq4vm_core.engine.export.qdq import ActGrid, ExportError, QdqWriter
 from ptq4vm_core.engine.frames import frames_to_batch
-from ptq4vm_core.engine.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.ort_engine import OrtEngine
-from ptq4vm_core.engine.qdq import ActGrid, ExportError, QdqWriter
 from ptq4vm_core.model.recipe import output_grids
 from ptq4vm_core.quant.mode import QuantMode
 from ptq4vm_core.quant.quantizer import UniformQuantizer

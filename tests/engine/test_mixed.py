@@ -9,7 +9,7 @@ import pytest
 
 from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.artifact.verify import verify
-from ptq4vm_core.engine.graph import GraphEditor
+from ptq4vm_core.engine.export.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
 from ptq4vm_core.model import MattingNetwork

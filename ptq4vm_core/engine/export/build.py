@@ -43,8 +43,8 @@ from ptq4vm_core.artifact.layout import MODEL_NAME, architecture
 from ptq4vm_core.artifact.manifest import TENSORS_FILE
 from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
-from ptq4vm_core.engine import openvino_graph, qdq, rvm_graph
-from ptq4vm_core.engine.graph import GraphEditor
+from ptq4vm_core.engine.export import openvino_graph, qdq, rvm_graph
+from ptq4vm_core.engine.export.graph import GraphEditor
 from ptq4vm_core.files import atomic_path, write_synced
 
 logger = logging.getLogger(__name__)

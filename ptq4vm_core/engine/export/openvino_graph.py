@@ -32,7 +32,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from ptq4vm_core.engine.graph import GraphEditor
+from ptq4vm_core.engine.export.graph import GraphEditor
 
 PROBE_SIZE = (64, 64)
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import version_converter
 
-from ptq4vm_core.engine.graph import GraphEditor, GraphError
+from ptq4vm_core.engine.export.graph import GraphEditor, GraphError
 
 OPSET = 17
 IR_VERSION = 8  # opset 17 models are IR 8

@@ -42,8 +42,8 @@ from torch import Tensor
 from ptq4vm_core.artifact.layout import ACT_SCALE, ACT_ZERO_POINT, BIAS, WEIGHT_SCALE
 from ptq4vm_core.artifact.layout import WEIGHT_ZERO_POINT as WEIGHT_ZP
 from ptq4vm_core.artifact.verify import Verified
-from ptq4vm_core.engine.graph import GraphEditor
-from ptq4vm_core.engine.rvm_graph import ConvSite
+from ptq4vm_core.engine.export.graph import GraphEditor
+from ptq4vm_core.engine.export.rvm_graph import ConvSite
 
 UINT8_MAX = 255
 INT32_LIMIT = 2**31 - 1
