@@ -35,6 +35,28 @@ MODEL_NAME = "rvm_mobilenetv3"
 MODELS: dict[str, Callable[[], nn.Module]] = {MODEL_NAME: MattingNetwork}
 
 FIRST_LAYERS = ("backbone.features.0.0",)
+# The refiner's box filter (the guided filter's mean): one 3x3 depthwise mean kernel.
+BOX_FILTER = "refiner.box_filter"
+# Layers whose outputs the deployed graph leaves in float (their convs run as float convs on the
+# dequantized int8 operands), with the reason; figures are mean |alpha - simulation| on the
+# sample clip with the qdrop W8A8 baseline, where all added grids together cost ~0.25/255.
+FLOAT_OUTPUT_LAYERS = {
+    "backbone.features.0.0": "the stem's outputs span about +-55; an 8-bit grid of step 0.44 "
+    "on the first feature map cost ~2/255 alone",
+    "refiner.box_filter": "its outputs are differenced (cov = E[xy] - E[x]E[y]), which an "
+    "8-bit grid on them loses: ~0.25/255 alone",
+}
+
+
+def state_input(site: str) -> str | None:
+    """The graph input an activation site quantizes: `decodeK.gru.state_in` is the recurrent
+    state input rKi (the export's names, `engine.runtime.STATE_INPUTS`); None for any other."""
+    level = site.removeprefix("decode")[:1]
+    if site.startswith("decode") and site.endswith(".gru.state_in") and level.isdigit():
+        return f"r{level}i"
+    return None
+
+
 LAST_LAYERS = ("project_mat", "refiner.conv3")
 # The layers whose 8-bit input grids cost RVM the most: each one's activation quantizer alone in
 # float lowered the QDrop W8A8 model's error against FP32 the most (benchmarks/sensitivity.py,
@@ -111,7 +133,7 @@ def output_grids() -> dict[str, bool]:
     after the conv's ReLU: every conv whose output does not go (through an optional ReLU) into
     exactly one quantized conv input, which would carry the grid itself. Exceptions: the stem
     and the refiner's box filter keep float outputs (their outputs span ranges that one 8-bit
-    grid loses, see engine/qdq.py). The exporter refuses a graph point that is not here."""
+    grid loses, see FLOAT_OUTPUT_LAYERS). The exporter refuses a graph point that is not here."""
     with torch.device("meta"):
         net = MattingNetwork()
     grids: dict[str, bool] = {}

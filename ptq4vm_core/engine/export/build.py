@@ -14,10 +14,10 @@ What runs in integer (after ONNX Runtime fuses the Q/DQ pairs):
   OpenVINO as one int8 conv per part (`openvino_graph.split_concat_convs`).
 What runs in float:
   the stem conv and the box filter (as float convs on the dequantized int8 operands, see
-  `qdq.FLOAT_OUTPUT_LAYERS`), all resizes (the runtime has no 8-bit bilinear resize), the image
-  pyramid, hard-swish, SE gates, sigmoid/tanh and the GRU state update, the residual adds, the
-  guided filter's statistics, and the whole full-resolution tail (upsampling A and b, A*x + b,
-  clipping). Float is what the simulation computes there too. Every grid of the graph is one
+  `model.recipe.FLOAT_OUTPUT_LAYERS`), all resizes (the runtime has no 8-bit bilinear resize),
+  the image pyramid, hard-swish, SE gates, sigmoid/tanh and the GRU state update, the residual
+  adds, the guided filter's statistics, and the whole full-resolution tail (upsampling A and b,
+  A*x + b, clipping). Float is what the simulation computes there too. Every grid of the graph is one
   of the artifact's (conv inputs and input parts, conv outputs, GRU states): the exporter
   observes nothing.
 
@@ -46,6 +46,7 @@ from ptq4vm_core.assets import RVM_WEIGHTS, weights_path
 from ptq4vm_core.engine.export import openvino_graph, qdq, rvm_graph
 from ptq4vm_core.engine.export.graph import GraphEditor
 from ptq4vm_core.files import atomic_path, write_synced
+from ptq4vm_core.model.recipe import FLOAT_OUTPUT_LAYERS
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def export_artifact(artifact: Path, out_dir: Path, *, root: Path | None = None) 
         "tensors_sha256": manifest.files[TENSORS_FILE],
         "onnxruntime": ort.__version__,
         "opset": rvm_graph.OPSET,
-        "float_output_layers": qdq.FLOAT_OUTPUT_LAYERS,
+        "float_output_layers": FLOAT_OUTPUT_LAYERS,
         "output_grids": sorted(n for n in manifest.sites if n.endswith(qdq.OUT_SITE_SUFFIX)),
         "openvino_quantize_nodes": quantize_nodes,
         "seconds": round(time.monotonic() - started, 2),

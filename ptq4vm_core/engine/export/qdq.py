@@ -44,19 +44,10 @@ from ptq4vm_core.artifact.layout import WEIGHT_ZERO_POINT as WEIGHT_ZP
 from ptq4vm_core.artifact.verify import Verified
 from ptq4vm_core.engine.export.graph import GraphEditor
 from ptq4vm_core.engine.export.rvm_graph import ConvSite
+from ptq4vm_core.model.recipe import FLOAT_OUTPUT_LAYERS, state_input
 
 UINT8_MAX = 255
 INT32_LIMIT = 2**31 - 1
-
-# Layers whose outputs the exporter leaves in float (their convs run as float convs on the
-# dequantized int8 operands), with the reason; figures are mean |alpha - simulation| on the
-# sample clip with the qdrop W8A8 baseline, where all added grids together cost ~0.25/255.
-FLOAT_OUTPUT_LAYERS = {
-    "backbone.features.0.0": "the stem's outputs span about +-55; an 8-bit grid of step 0.44 "
-    "on the first feature map cost ~2/255 alone",
-    "refiner.box_filter": "its outputs are differenced (cov = E[xy] - E[x]E[y]), which an "
-    "8-bit grid on them loses: ~0.25/255 alone",
-}
 
 
 class ExportError(Exception):
@@ -247,11 +238,11 @@ def _quantize_output(writer: QdqWriter, site: ConvSite, grid: ActGrid, after_rel
 
 
 def _site_input(site: str) -> str:
-    """RVM's activation site `decodeK.gru.state_in` quantizes the state input rKi."""
-    level = site.removeprefix("decode")[:1]
-    if not (site.startswith("decode") and site.endswith(".gru.state_in") and level.isdigit()):
+    """The graph input an activation site quantizes (the model's recipe knows its states)."""
+    name = state_input(site)
+    if name is None:
         raise ExportError(f"unknown activation site {site!r}: this exporter knows RVM's GRU states")
-    return f"r{level}i"
+    return name
 
 
 def _quantize_input(writer: QdqWriter, conv: onnx.NodeProto, grid: ActGrid) -> None:

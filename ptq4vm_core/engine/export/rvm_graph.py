@@ -30,11 +30,11 @@ import onnx
 from onnx import version_converter
 
 from ptq4vm_core.engine.export.graph import GraphEditor, GraphError
+from ptq4vm_core.model.recipe import BOX_FILTER
 
 OPSET = 17
 IR_VERSION = 8  # opset 17 models are IR 8
 IMAGE_IO = ("src", "fgr", "pha")
-BOX_FILTER = "refiner.box_filter"
 CHANNEL_ALIGN = 4
 
 
