@@ -17,9 +17,9 @@ What runs in float:
   `model.recipe.FLOAT_OUTPUT_LAYERS`), all resizes (the runtime has no 8-bit bilinear resize),
   the image pyramid, hard-swish, SE gates, sigmoid/tanh and the GRU state update, the residual
   adds, the guided filter's statistics, and the whole full-resolution tail (upsampling A and b,
-  A*x + b, clipping). Float is what the simulation computes there too. Every grid of the graph is one
-  of the artifact's (conv inputs and input parts, conv outputs, GRU states): the exporter
-  observes nothing.
+  A*x + b, clipping). Float is what the simulation computes there too. Every grid of the graph
+  is one of the artifact's (conv inputs and input parts, conv outputs, GRU states): the
+  exporter observes nothing.
 
 Two graphs are written per artifact: the general one and one specialised for downsample
 ratio 1 (identity resizes removed); see `rvm_graph`.
