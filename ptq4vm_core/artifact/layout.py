@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-from torch import nn
 
+from ptq4vm_core.model.matting import convs_in_graph_order
 from ptq4vm_core.model.recipe import MODEL_NAME, MODELS, known_models
 from ptq4vm_core.quant.site import ActivationSite
 from ptq4vm_core.quant.spec import QuantPolicy
@@ -114,8 +114,7 @@ def architecture(model: str) -> Architecture:
         net = MODELS[model]()
     convs = {
         name: ConvShape(tuple(m.weight.shape), m.bias is not None, m.groups)
-        for name, m in net.named_modules()
-        if isinstance(m, nn.Conv2d)
+        for name, m in convs_in_graph_order(net)
     }
     sites = tuple(name for name, m in net.named_modules() if isinstance(m, ActivationSite))
     state = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}

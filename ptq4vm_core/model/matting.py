@@ -60,7 +60,7 @@ class MattingNetwork(nn.Module):
         d3, d2, d1, d0 = DECODER_CHANNELS
         self.backbone = MobileNetV3Encoder()
         self.aspp = LRASPP(LAST_CHANNELS, f4)
-        # Registration order is execution order; weights.py relies on it to match the ONNX graph.
+        # Registration order is the graph's conv order: see `convs_in_graph_order`.
         self.decode4 = BottleneckBlock(f4)
         self.decode3 = UpsamplingBlock(f4, f3, d3)
         self.decode2 = UpsamplingBlock(d3, f2, d2)
@@ -173,3 +173,15 @@ class MattingNetwork(nn.Module):
                 refine,
             ),
         ]
+
+
+def convs_in_graph_order(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The conv-order contract, stated here once: a network's `nn.Conv2d` modules in
+    registration order (qualified names, a shared module once) are the published RVM graph's
+    distinct conv weights in the order the graph first runs them. The weights are loaded by it
+    (`model.weights`), the artifact's layout lists convs by it (`artifact.layout`) and the export
+    names the graph's convs by it (`engine.export.rvm_graph.conv_sites`); reordering the
+    attributes of `MattingNetwork` or of its blocks breaks it, which
+    tests/model/test_architecture.py::test_conv_order_is_the_graph_order catches layer by layer.
+    """
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]

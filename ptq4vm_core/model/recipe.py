@@ -16,7 +16,7 @@ from torch import nn
 
 from ptq4vm_core.model.decoder import ConvGRU, OutputBlock, UpsamplingBlock
 from ptq4vm_core.model.lraspp import LRASPP
-from ptq4vm_core.model.matting import MattingNetwork
+from ptq4vm_core.model.matting import MattingNetwork, convs_in_graph_order
 from ptq4vm_core.model.mobilenetv3 import ConvAct, InvertedResidual, SqueezeExcitation
 from ptq4vm_core.model.refiner import DeepGuidedFilterRefiner
 from ptq4vm_core.quant.spec import (
@@ -87,7 +87,7 @@ def conv_names() -> tuple[str, ...]:
     (meta) instance."""
     with torch.device("meta"):
         net = MattingNetwork()
-    return tuple(name for name, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    return tuple(name for name, _ in convs_in_graph_order(net))
 
 
 @cache
@@ -98,7 +98,7 @@ def dense_convs() -> frozenset[str]:
     with torch.device("meta"):
         net = MattingNetwork()
     return frozenset(
-        name for name, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+        name for name, m in convs_in_graph_order(net) if m.groups == 1
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ptq4vm_core.model.matting import MattingNetwork
+from ptq4vm_core.model.matting import MattingNetwork, convs_in_graph_order
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_rvm_from_onnx(path: str | Path) -> MattingNetwork:
         raise WeightsError(f"weights not found: {path} (run `ptq4vm fetch`)")
     convs = read_onnx_convs(path)
     model = MattingNetwork()
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    modules = convs_in_graph_order(model)
     if len(modules) != len(convs):
         raise WeightsError(
             f"{path} has {len(convs)} distinct convolutions, the architecture {len(modules)}"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ptq4vm_core.model import MattingNetwork, RecurrentState, load_rvm_from_onnx
+from ptq4vm_core.model.matting import convs_in_graph_order
 from ptq4vm_core.model.recipe import conv_names
 from ptq4vm_core.model.weights import WeightsError, read_onnx_convs
 
@@ -35,6 +37,77 @@ def test_weights_are_copied_exactly(rvm: MattingNetwork, weights_file: Path) -> 
     for conv, src in zip(modules, convs, strict=True):
         np.testing.assert_array_equal(conv.weight.numpy(), src.weight)
     assert not any(p.requires_grad for p in rvm.parameters())
+
+
+def test_conv_order_is_the_graph_order(
+    rvm: MattingNetwork, weights_file: Path, clip_frames
+) -> None:
+    """The conv-order contract (`model.matting.convs_in_graph_order`), layer by layer: the k-th
+    registered conv computes, on a real frame, what the graph's k-th distinct conv computes.
+    Loading pairs weights by that order, so two same-shaped convs registered in swapped order
+    would load and run, each with the other's weights, and differ here."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(weights_file))
+    first_use: dict[str, str] = {}  # weight -> the output of the first node that runs it
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            first_use.setdefault(node.input[1], node.output[0])
+    taps = list(first_use.values())
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in taps)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    src = _frames(clip_frames, 1, (144, 176))
+    zero = np.zeros((1, 1, 1, 1), np.float32)
+    feeds = {"src": src.numpy(), "downsample_ratio": np.asarray([0.5], np.float32)}
+    feeds.update({f"r{i}i": zero for i in range(1, 5)})
+    graph = session.run(taps, feeds)
+
+    ours = _conv_outputs(rvm, src)
+    assert len(ours) == len(graph)
+    for (name, out), theirs in zip(ours, graph, strict=True):
+        assert out.shape == theirs.shape, name
+        np.testing.assert_allclose(out, theirs, atol=2e-3, rtol=1e-3, err_msg=name)
+    # Not vacuous: two same-shaped convs holding each other's weights (what loading would do
+    # after their attributes were swapped) differ from the graph.
+    swapped = copy.deepcopy(rvm)
+    convs = convs_in_graph_order(swapped)
+    i, j = next(
+        (i, j)
+        for i in range(len(convs))
+        for j in range(i + 1, len(convs))
+        if convs[i][1].weight.shape == convs[j][1].weight.shape
+    )
+    with torch.no_grad():
+        wi = convs[i][1].weight.clone()
+        convs[i][1].weight.copy_(convs[j][1].weight)
+        convs[j][1].weight.copy_(wi)
+    outs = _conv_outputs(swapped, src)
+    assert not np.allclose(outs[i][1], graph[i], atol=2e-3, rtol=1e-3)
+
+
+def _conv_outputs(net: MattingNetwork, src: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+    """Each registered conv's output on its first call, one frame at ratio 0.5."""
+    convs = convs_in_graph_order(net)
+    seen: list[torch.Tensor | None] = [None] * len(convs)
+
+    def tap(k: int):  # type: ignore[no-untyped-def]
+        def hook(_module, _inputs, output):  # type: ignore[no-untyped-def]
+            if seen[k] is None:
+                seen[k] = output.detach()
+
+        return hook
+
+    handles = [conv.register_forward_hook(tap(k)) for k, (_, conv) in enumerate(convs)]
+    try:
+        net(src, None, 0.5)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = []
+    for (name, _), tensor in zip(convs, seen, strict=True):
+        assert tensor is not None, f"{name} did not run"
+        out.append((name, tensor.numpy()))
+    return out
 
 
 def test_mismatching_file_is_refused(weights_file: Path, tmp_path: Path) -> None:
