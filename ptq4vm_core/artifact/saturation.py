@@ -78,5 +78,5 @@ def saturation_report(verified: Verified) -> SaturationReport:
 
 def check_saturation(path: Path) -> SaturationReport:
     """Verifies the artifact at `path` (hashes, structure, ranges: ArtifactError) and checks
-    its integers (`saturation_report`)."""
+    its integers (`saturation_report`; call that with a `Verified` you already have)."""
     return saturation_report(verify(Path(path)))

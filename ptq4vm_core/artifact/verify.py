@@ -48,9 +48,11 @@ _SHOWN = 8  # names listed in an error before "and N more"
 
 @dataclass(frozen=True)
 class Verified:
-    """A verified artifact: its manifest, every tensor as stored, and per quantized layer the
-    unpacked integer weights, int32 [C_out, C_in/groups, kH, kW]."""
+    """A verified artifact: where it is, its manifest, every tensor as stored, and per quantized
+    layer the unpacked integer weights, int32 [C_out, C_in/groups, kH, kW]. Verify once and
+    hand this value on: the export, the saturation check and the engines take it."""
 
+    path: Path
     manifest: Manifest
     tensors: dict[str, Tensor]
     integers: dict[str, Tensor]
@@ -289,7 +291,7 @@ def verify(path: Path) -> Verified:
     _check_tensor_set(manifest, tensors, tensor_file)
     integers = _check_values(manifest, tensors, tensor_file)
     _check_digest(manifest, metadata, path)
-    return Verified(manifest, tensors, integers)
+    return Verified(path, manifest, tensors, integers)
 
 
 def verify_artifact(path: Path) -> Manifest:

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from ptq4vm_core.artifact.manifest import TENSORS_FILE, read_manifest
+from ptq4vm_core.artifact.verify import Verified
 from ptq4vm_core.engine.export.build import (
     EXPORT_VERSION,
     FULL_RESOLUTION,
@@ -36,24 +37,28 @@ ENGINES_DIR = "engines"
 OPTIMIZED_DIR = "optimized"
 
 
-def export_key(artifact: Path) -> str:
-    manifest = read_manifest(artifact)
+def export_key(artifact: Verified | Path) -> str:
+    manifest = artifact.manifest if isinstance(artifact, Verified) else read_manifest(artifact)
     identity = {"tensors_sha256": manifest.files[TENSORS_FILE], "export_version": EXPORT_VERSION}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{manifest.bits}-{digest[:24]}"
 
 
 def cached_export(
-    artifact: Path,
+    artifact: Verified | Path,
     *,
     root: Path | None = None,
     cache: Path | None = None,
 ) -> ExportedGraphs:
     """The export of `artifact`, made now if the cache has none for its current content.
-    `root`: the cache root (weights, sample clip); `cache`: where exports are kept (default
-    `<root>/engines`)."""
+    Pass the `Verified` artifact where it was verified (the cache key is then its checked
+    tensor digest, and an export verifies nothing again); a bare path is keyed by its manifest,
+    unverified: verify before trusting a cached export. `root`: the cache root (weights,
+    sample clip); `cache`: where exports are kept (default `<root>/engines`)."""
     engines = cache or (root or cache_root()) / ENGINES_DIR
-    key = export_key(Path(artifact))
+    if not isinstance(artifact, Verified):
+        artifact = Path(artifact)
+    key = export_key(artifact)
     directory = engines / key
     engines.mkdir(parents=True, exist_ok=True)
     with (engines / f".{key}.lock").open("a") as lock:
@@ -62,8 +67,9 @@ def cached_export(
         if report is None:
             if directory.exists():  # an incomplete or foreign directory: replace it
                 _remove(directory)
-            logger.info("exporting %s to the int8 graph (once per artifact content)", artifact)
-            return export_artifact(Path(artifact), directory, root=root)
+            where = artifact.path if isinstance(artifact, Verified) else artifact
+            logger.info("exporting %s to the int8 graph (once per artifact content)", where)
+            return export_artifact(artifact, directory, root=root)
     return ExportedGraphs(directory, directory / GENERAL, directory / FULL_RESOLUTION, report)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
-from ptq4vm_core.engine.cache import cached_export, optimized_path
+from ptq4vm_core.engine.cache import optimized_path
 from ptq4vm_core.engine.export.build import ExportedGraphs
 from ptq4vm_core.engine.ort_engine import (
     U8U8_PRECISION,
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 class QuantizedOrtEngine:
     """Runs an artifact on ONNX Runtime's int8 kernels (CPU; CUDA first where available).
 
-    The artifact is exported once per content (`cache.cached_export`); the ratio-1 graph is
+    It takes the artifact's export (`cache.cached_export`), as OpenVINO does; the ratio-1 graph is
     used for downsample ratio exactly 1, the general graph otherwise (they compute the same
     function, so a stream may change ratio without losing its state). Sessions are created on
     first use and shared by all streams; the recurrent state is an `EngineState` passed in and
@@ -34,15 +33,13 @@ class QuantizedOrtEngine:
 
     def __init__(
         self,
-        artifact: Path,
+        graphs: ExportedGraphs,
         *,
         threads: int | None = None,
         providers: list[str] | None = None,
-        root: Path | None = None,
-        cache: Path | None = None,
         u8u8: bool = False,
     ) -> None:
-        self.graphs: ExportedGraphs = cached_export(Path(artifact), root=root, cache=cache)
+        self.graphs = graphs
         self._u8u8 = u8u8
         suffix = "-u8u8" if u8u8 else ""
         self._name = f"ort-int8-{self.graphs.report['bits']}{suffix}"

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ptq4vm_core.artifact import load_artifact
-from ptq4vm_core.artifact.saturation import check_saturation
+from ptq4vm_core.artifact.saturation import saturation_report
+from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine.base import Engine, EngineKind
 from ptq4vm_core.engine.cache import cached_export
@@ -33,9 +34,10 @@ class ModelNotFoundError(Exception):
 
 
 def load_engine(
-    model: str, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
+    model: str | Verified, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
 ) -> Engine:
-    """An engine for `model`.
+    """An engine for `model`: a name, or an artifact verified already (`artifact.verify`: it is
+    verified once, and its export and engines take that value).
 
     AUTO, for `fp32` and for a quantized artifact alike: OpenVINO with static shapes (faster
     than ONNX Runtime at every size measured, docs/benchmarks/engine.md), ONNX Runtime where
@@ -62,7 +64,7 @@ def load_engine(
                 "openvino or torch"
             )
         return _pick(kind, ort, openvino)
-    path = resolve_artifact(model, root)
+    path = model.path if isinstance(model, Verified) else resolve_artifact(model, root)
     if kind is EngineKind.TORCH:
         raise ValueError(
             f"engine {kind.value!r} does not apply to a quantized artifact; use auto (the "
@@ -71,9 +73,10 @@ def load_engine(
     if kind is EngineKind.SIM:
         artifact = load_artifact(path)
         return TorchEngine(artifact.model, name=f"sim-{artifact.manifest.bits}")
-    # Verifies the artifact (a tampered one is refused before any cached export is used) and
-    # computes from its integers whether kernels without VNNI can saturate on it.
-    saturation = check_saturation(path)
+    # The artifact verified once (a tampered one is refused before any cached export is used);
+    # from its integers, whether kernels without VNNI can saturate on it.
+    verified = model if isinstance(model, Verified) else verify(path)
+    saturation = saturation_report(verified)
     saturates = not int8_dot_exact() and not saturation.safe
     if saturates and kind is not EngineKind.ORT:
         reason = f"{SATURATION_REASON}; this artifact is not saturation-safe: {saturation.reason()}"
@@ -83,11 +86,11 @@ def load_engine(
             )
         logger.warning("%s: the int8 model runs on ONNX Runtime", reason)
         kind = EngineKind.ORT
-    graphs = cached_export(path, root=root)
+    graphs = cached_export(verified, root=root)
     bits = graphs.report["bits"]
     # Where ONNX Runtime's u8 x s8 kernels saturate on this artifact, its exact u8u8 kernels
     # (about 5% slower on RVM, docs/engine.md).
-    ort_int8 = lambda: QuantizedOrtEngine(path, root=root, u8u8=saturates)  # noqa: E731
+    ort_int8 = lambda: QuantizedOrtEngine(graphs, u8u8=saturates)  # noqa: E731
     openvino_int8 = lambda: OpenVinoEngine(  # noqa: E731
         {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
         name=f"openvino-int8-{bits}",

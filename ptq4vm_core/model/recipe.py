@@ -97,9 +97,7 @@ def dense_convs() -> frozenset[str]:
     channels) are computed widened to 16/32 bits by both runtimes and cannot saturate."""
     with torch.device("meta"):
         net = MattingNetwork()
-    return frozenset(
-        name for name, m in convs_in_graph_order(net) if m.groups == 1
-    )
+    return frozenset(name for name, m in convs_in_graph_order(net) if m.groups == 1)
 
 
 # The output grids are 8-bit at every bit configuration: what an int8 kernel writes.

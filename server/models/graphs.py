@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ptq4vm_core.artifact import verify_artifact
+from ptq4vm_core.artifact.verify import verify
 from ptq4vm_core.assets import weights_path
 from ptq4vm_core.engine import FP32, ModelNotFoundError
 from ptq4vm_core.engine.cache import cached_export
@@ -70,9 +70,7 @@ def graph_file(registry: ModelRegistry, version: str, graph: Graph) -> GraphFile
     if version == FP32:
         path = weights_path(registry.home)
     elif version in registry.version_names():
-        artifact = registry.root / version
-        verify_artifact(artifact)
-        graphs = cached_export(artifact, root=registry.home)
+        graphs = cached_export(verify(registry.root / version), root=registry.home)
         path = graphs.full_resolution if graph is Graph.FULL_RESOLUTION else graphs.general
     else:
         raise ModelNotFoundError(

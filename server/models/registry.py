@@ -30,6 +30,7 @@ from typing import Any
 
 from ptq4vm_core.artifact import ArtifactError, read_manifest, verify_artifact
 from ptq4vm_core.artifact.manifest import VERSION_NAME_PATTERN
+from ptq4vm_core.artifact.verify import Verified, verify
 from ptq4vm_core.engine import FP32, Engine, EngineKind, ModelNotFoundError, load_engine
 from ptq4vm_core.files import replace_file
 from server.metrics import Metrics
@@ -39,12 +40,16 @@ logger = logging.getLogger(__name__)
 ACTIVE_FILE = "active.json"
 
 
-def load_engine_at(model: str, home: Path) -> Engine:
+Loader = Callable[[str | Verified, Path], Engine]
+"""Makes an engine for `fp32` or a verified artifact, with the given cache root."""
+
+
+def load_engine_at(model: str | Verified, home: Path) -> Engine:
     """The deployed engine (AUTO) for `model`, with `home` as the cache root."""
     return load_engine(model, root=home)
 
 
-def engine_loader(kind: EngineKind) -> Callable[[str, Path], Engine]:
+def engine_loader(kind: EngineKind) -> Loader:
     """A registry loader running every model on `kind` (`PTQ4VM_ENGINE`, `serve --engine`)."""
     if kind is EngineKind.AUTO:
         return load_engine_at
@@ -92,7 +97,7 @@ class ModelRegistry:
         metrics: Metrics | None = None,
         max_idle: int = 1,
         override: str | None = None,
-        loader: Callable[[str, Path], Engine] = load_engine_at,
+        loader: Loader = load_engine_at,
     ) -> None:
         """`home` is the cache root (weights and `models/`); `override` names the version that
         is active for this process until another is activated (`ptq4vm serve --model`);
@@ -304,12 +309,11 @@ class ModelRegistry:
 
     def _load(self, name: str) -> Engine:
         started = time.monotonic()
-        target = name
+        target: str | Verified = name
         try:
-            if name != FP32:
+            if name != FP32:  # verified once, here; the loader, export and engines take it
                 path = self.root / name if name in self.version_names() else Path(name)
-                verify_artifact(path)
-                target = str(path.absolute())
+                target = verify(path.absolute())
             engine = self._loader(target, self.home)
         except ModelNotFoundError:
             raise

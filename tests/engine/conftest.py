@@ -17,7 +17,7 @@ from ptq4vm_core.calib.calibrate import calibrate
 from ptq4vm_core.calib.data import build_calibration_set
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine import cache
-from ptq4vm_core.engine.cache import ENGINES_DIR
+from ptq4vm_core.engine.cache import ENGINES_DIR, cached_export
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.model import MattingNetwork
 
@@ -54,4 +54,4 @@ def use_engine_cache(engine_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
 
 @pytest.fixture(scope="session")
 def int8_engine(w8a8_artifact: Path, engine_cache: Path) -> QuantizedOrtEngine:
-    return QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    return QuantizedOrtEngine(cached_export(w8a8_artifact, cache=engine_cache))

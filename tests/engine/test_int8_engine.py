@@ -17,6 +17,7 @@ from ptq4vm_core.cli.main import app
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
 from ptq4vm_core.engine import loader as engine_loader
 from ptq4vm_core.engine.base import EngineState
+from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import int8_dot_exact
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
@@ -93,7 +94,7 @@ def test_state_is_carried_across_calls_and_sessions(
     for src in frames[:4]:
         state = int8_engine.infer(src, state, 1.0).state
     assert isinstance(state, EngineState)
-    resumed = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    resumed = QuantizedOrtEngine(cached_export(w8a8_artifact, cache=engine_cache))
     for src in frames[4:]:
         half = resumed.infer(src, state, 1.0)
         state = half.state

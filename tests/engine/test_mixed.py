@@ -9,6 +9,7 @@ import pytest
 
 from ptq4vm_core.artifact import load_artifact
 from ptq4vm_core.artifact.verify import verify
+from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.export.graph import GraphEditor
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.torch_engine import TorchEngine
@@ -67,7 +68,7 @@ def test_the_artifact_has_no_grid_on_those_inputs(mixed_artifact: Path) -> None:
 def test_deployed_with_float_inputs_at_parity(
     mixed_artifact: Path, tmp_path: Path, clip_frames
 ) -> None:
-    engine = QuantizedOrtEngine(mixed_artifact, cache=tmp_path)
+    engine = QuantizedOrtEngine(cached_export(mixed_artifact, cache=tmp_path))
     editor = GraphEditor(onnx.load(str(engine.graphs.general)))
     convs = {}
     for node in editor.graph.node:

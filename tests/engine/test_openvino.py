@@ -98,7 +98,7 @@ def test_the_state_is_carried_and_belongs_to_one_shape(weights_file, clip_frames
 @pytest.mark.skipif(not int8_dot_exact(), reason=SATURATION_REASON)
 def test_int8_matches_onnx_runtime(w8a8_artifact, engine_cache, clip_frames, tmp_path) -> None:
     ov_engine = int8_openvino(w8a8_artifact, engine_cache, tmp_path)
-    ort_engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    ort_engine = QuantizedOrtEngine(cached_export(w8a8_artifact, cache=engine_cache))
     for ratio in (1.0, 0.5):
         diffs = mean_alpha_diffs(ov_engine, ort_engine, clip_frames[:12], ratio)
         # The same integers and grids; the runtimes differ in float summation order and in
@@ -171,7 +171,7 @@ artifact, cache, clip = map(Path, sys.argv[1:4])
 graphs = cached_export(artifact, cache=cache)
 ov = OpenVinoEngine({True: graphs.openvino_full_resolution, False: graphs.openvino_general},
                     name="openvino-int8")
-ort = QuantizedOrtEngine(artifact, cache=cache)
+ort = QuantizedOrtEngine(cached_export(artifact, cache=cache))
 frames = [255 - f for _, f in zip(range(3), iter_frames(clip))]
 diffs, state_ov, state_ort = [], None, None
 for frame in frames:
@@ -309,7 +309,7 @@ def test_alpha_only_skips_the_foreground_and_keeps_the_alpha(
 def test_onnx_runtime_asked_for_alpha_only_fetches_no_foreground(
     w8a8_artifact, engine_cache, clip_frames
 ) -> None:
-    engine = QuantizedOrtEngine(w8a8_artifact, cache=engine_cache)
+    engine = QuantizedOrtEngine(cached_export(w8a8_artifact, cache=engine_cache))
     src = frames_to_batch([clip_frames[0]])
     full, alpha = engine.infer(src, None, 0.5), engine.infer(src, None, 0.5, alpha_only=True)
     assert alpha.fgr is None

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from ptq4vm_core.artifact import TENSORS_FILE
+from ptq4vm_core.artifact import verify as verify_module
+from ptq4vm_core.artifact.verify import Verified
 from ptq4vm_core.engine import ModelNotFoundError
 from server.models.registry import ACTIVE_FILE, ModelRegistry, ModelUnavailableError
 from tests.server.conftest import Assets, make_home
@@ -29,8 +31,8 @@ class FakeEngine:
         self.name = f"fake-{Path(model).name}"
 
 
-def fake_loader(model: str, home: Path) -> Any:
-    return FakeEngine(model)
+def fake_loader(model: str | Verified, home: Path) -> Any:
+    return FakeEngine(str(model.path if isinstance(model, Verified) else model))
 
 
 def corrupt(artifact: Path) -> None:
@@ -127,3 +129,24 @@ def test_override_is_active_until_an_activation(home: Path, quantized_artifact: 
     assert pinned.active() == "fp32"
     pinned.activate("v1")
     assert pinned.active() == "v1"
+
+
+def test_serving_a_version_verifies_its_artifact_once(
+    home: Path, quantized_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a version with no cached export (issue 27): one verification pass, whose value
+    the saturation check, the export and the engines take."""
+    registry = ModelRegistry(home)
+    registry.register(quantized_artifact, "v1")
+    passes = []
+    structure = verify_module._check_structure
+
+    def counted(*args: Any) -> None:
+        passes.append(args)
+        structure(*args)
+
+    monkeypatch.setattr(verify_module, "_check_structure", counted)
+    assert not (home / "engines").exists() or not any((home / "engines").iterdir())
+    with registry.acquire("v1") as lease:
+        assert lease.engine.name.startswith(("openvino-int8", "ort-int8"))
+    assert len(passes) == 1

@@ -171,11 +171,14 @@ def build_form(
     return general, build_graph(verified, full_resolution=True, root=root, form=form)
 
 
-def export_artifact(artifact: Path, out_dir: Path, *, root: Path | None = None) -> ExportedGraphs:
+def export_artifact(
+    artifact: Verified | Path, out_dir: Path, *, root: Path | None = None
+) -> ExportedGraphs:
     """Writes the graphs and `export.json` into `out_dir` (created; must not exist), through a
-    temporary directory renamed into place, so a reader sees a complete export or none."""
+    temporary directory renamed into place, so a reader sees a complete export or none.
+    `artifact`: verified already, or a path to verify now."""
     started = time.monotonic()
-    verified = verify(Path(artifact))
+    verified = artifact if isinstance(artifact, Verified) else verify(Path(artifact))
     general, full = build_form(verified, ORT_FORM, root)
     ov_general, ov_full = build_form(verified, OPENVINO_FORM, root)
     manifest = verified.manifest
