@@ -55,7 +55,8 @@ def bench_command(
                 on_frame=lambda n: progress.update(task, completed=n),
             )
     if as_json:
-        typer.echo(json.dumps({"model": model, "alpha_only": alpha_only, **result.as_dict()}))
+        extra = {"alpha_only": True} if alpha_only else {}  # the key only when asked for
+        typer.echo(json.dumps({"model": model, **extra, **result.as_dict()}))
         return
     Console(highlight=False).print(
         f"{model} [{result.engine}] {result.size} ds {result.downsample_ratio:g}: "
