@@ -68,7 +68,7 @@ from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.engine import Engine, EngineKind, load_engine
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import cpu_class, cpu_model, int8_dot_exact
-from ptq4vm_core.engine.export.rvm_graph import prepare
+from ptq4vm_core.engine.export.rvm_graph import normalized
 from ptq4vm_core.engine.frames import frames_to_batch
 from ptq4vm_core.engine.openvino_engine import (
     OpenVinoEngine,
@@ -157,7 +157,7 @@ def quantize_static_model() -> Path:
         return QS_MODEL
     QS_MODEL.parent.mkdir(parents=True, exist_ok=True)
     source = QS_MODEL.with_suffix(".fp32.onnx")
-    onnx.save(prepare(onnx.load(str(weights_path()))), str(source))
+    onnx.save(normalized(onnx.load(str(weights_path()))), str(source))
     tmp = QS_MODEL.with_suffix(".tmp.onnx")
     quantize_static(
         str(source), str(tmp), ClipReader(), quant_format=QuantFormat.QDQ, per_channel=True,

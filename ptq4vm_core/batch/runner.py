@@ -136,7 +136,7 @@ class _Run:
         self.manifest.save()
         self.emit(EventKind.DONE if status is VideoStatus.DONE else EventKind.FAILED, record)
 
-    def prepare(self) -> None:
+    def count_frames(self) -> None:
         """Totals for the progress bar; inputs that cannot even be probed fail at once."""
         for record in self.manifest.videos.values():
             if record.status is VideoStatus.DONE:
@@ -334,7 +334,7 @@ def run_batch(
     manifest = Manifest.for_batch(out_dir, spec, list(tasks))
     report = BatchReport(manifest)
     run = _Run(manifest, {str(t.input): t for t in tasks}, spec, options, observer, report)
-    run.prepare()
+    run.count_frames()
     if run.queue:
         connect_started = time.monotonic()
         owned = _connect(options)

@@ -87,7 +87,7 @@ class Engine(Protocol[S]):
 class CompilingEngine(Protocol):
     """An engine that specialises itself per stream shape (OpenVINO's static shapes)."""
 
-    def prepare(
+    def compile_shape(
         self,
         batch: int,
         height: int,
@@ -100,7 +100,7 @@ class CompilingEngine(Protocol):
         ...
 
 
-def prepare_engine(
+def compile_shape(
     engine: Engine[S],
     batch: int,
     height: int,
@@ -113,5 +113,5 @@ def prepare_engine(
     its first frame where it compiles per shape (call it off the event loop); 0 for engines
     that do not."""
     if isinstance(engine, CompilingEngine):
-        return engine.prepare(batch, height, width, downsample_ratio, alpha_only=alpha_only)
+        return engine.compile_shape(batch, height, width, downsample_ratio, alpha_only=alpha_only)
     return 0.0

@@ -281,7 +281,7 @@ class OpenVinoEngine:
                 self._fallback = self._fallback_factory()
             return self._fallback
 
-    def prepare(
+    def compile_shape(
         self,
         batch: int,
         height: int,

@@ -89,7 +89,7 @@ def _fit(frame: Any, max_side: int) -> Any:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
-def prepare_clip(
+def calibration_frames(
     clip: ClipSpec, index: int, work: Path, *, holdout: float, max_side: int
 ) -> tuple[Path, Path]:
     """Splits one clip into PNG frame directories: (calibration clip, held-out frames).
@@ -175,7 +175,7 @@ def run(spec: WorkerSpec, events: Events) -> Result:
     else:
         calib_clips = []
         for index, clip in enumerate(spec.clips):
-            calib, held = prepare_clip(
+            calib, held = calibration_frames(
                 clip, index, spec.work, holdout=spec.gate.holdout, max_side=prof.max_side
             )
             calib_clips.append(calib)

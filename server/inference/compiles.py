@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from ptq4vm_core.engine import Engine
-from ptq4vm_core.engine.base import prepare_engine
+from ptq4vm_core.engine.base import compile_shape
 
 
 def _lower_priority(nice: int) -> None:
@@ -36,12 +36,12 @@ class ShapeCompiler:
             initargs=(nice,),
         )
 
-    async def prepare(
+    async def compile(
         self, engine: Engine, height: int, width: int, ratio: float, *, alpha_only: bool
     ) -> None:
         """`engine` ready for one stream of HxW frames at `ratio` (compiled now if needed);
         raises what the engine raises for a shape it cannot run."""
-        call = partial(prepare_engine, engine, 1, height, width, ratio, alpha_only=alpha_only)
+        call = partial(compile_shape, engine, 1, height, width, ratio, alpha_only=alpha_only)
         await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:

@@ -40,7 +40,7 @@ class Lane(StrEnum):
     BATCH = "batch"
 
 
-Prepare = Callable[[], Float32Array]
+Decode = Callable[[], Float32Array]
 """Runs in a worker: the frame as [1,3,H,W] float32 in [0,1]; raises to refuse the frame."""
 Finish = Callable[[Float32Array | None, Float32Array], Any]
 """Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
@@ -50,7 +50,7 @@ float32 in [0,1]) -> what the caller gets."""
 @dataclass(eq=False)
 class Work(Generic[S]):
     """One frame of one stream. `state` is the stream's state before this frame (of `engine`'s
-    state type); `tag` is the caller's (e.g. the frame's seq). A caller may replace `prepare`,
+    state type); `tag` is the caller's (e.g. the frame's seq). A caller may replace `decode`,
     `tag` and `state` while `dispatched` is False (latest-frame-wins); both happen on the event
     loop."""
 
@@ -59,7 +59,7 @@ class Work(Generic[S]):
     size: tuple[int, int]  # (H, W)
     ratio: float
     state: S | None
-    prepare: Prepare
+    decode: Decode
     finish: Finish
     lane: Lane = Lane.REALTIME
     alpha_only: bool = False  # the caller needs no foreground: the engine may skip it
@@ -109,7 +109,7 @@ class Scheduler(Generic[S]):
         self._closed = False
 
     async def run(self, work: Work[S]) -> Done[S]:
-        """Queue `work` and wait for it; raises what its prepare/finish or the engine raised.
+        """Queue `work` and wait for it; raises what its decode/finish or the engine raised.
         Cancelling the wait before dispatch takes the work out of the queue."""
         if self._closed:
             raise RuntimeError("the scheduler is shut down")
@@ -205,7 +205,7 @@ class Scheduler(Generic[S]):
         for i, work in enumerate(batch):
             t = time.monotonic()
             try:
-                inputs.append(work.prepare())
+                inputs.append(work.decode())
                 good.append(i)
             except Exception as exc:
                 results[i] = exc

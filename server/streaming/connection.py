@@ -299,7 +299,7 @@ class Connection:
             lease.release()
             raise self._at_capacity()
         ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
-        await self._prepare(lease, start, ratio)
+        await self._compile_shape(lease, start, ratio)
         proposed = self.proposed_id
         if proposed is not None and sessions.get(proposed) is not None:
             proposed = None  # another connection started it while the model loaded
@@ -371,13 +371,13 @@ class Connection:
             Close.AT_CAPACITY,
         )
 
-    async def _prepare(self, lease: ModelLease, start: StartMessage, ratio: float) -> None:
+    async def _compile_shape(self, lease: ModelLease, start: StartMessage, ratio: float) -> None:
         """Compile the engine for this stream's shape before the first frame (once per model
         and shape: later sessions of that shape find it ready), in the compile threads
         (`server.inference.compiles`): a compile takes up to seconds and must hold up neither
         the event loop nor other sessions' frames."""
         try:
-            await self.services.compiler.prepare(
+            await self.services.compiler.compile(
                 lease.engine, start.height, start.width, ratio, alpha_only=True
             )
         except Exception as exc:

@@ -143,7 +143,7 @@ class Session:
         work = self._inflight
         if work is not None and not work.dispatched:
             self._drop(work.tag.seq)
-            work.tag, work.prepare = tag, partial(self._prepare, data)
+            work.tag, work.decode = tag, partial(self._decode, data)
         elif work is not None or self._backed_up():
             if self._pending is not None:
                 self._drop(self._pending[0].seq)
@@ -190,7 +190,7 @@ class Session:
         self.dropped_total += 1
         self._metrics.frames_dropped.inc()
 
-    def _prepare(self, data: bytes) -> Float32Array:
+    def _decode(self, data: bytes) -> Float32Array:
         return to_batch(decode_frame(data, self.start.input, self.start.width, self.start.height))
 
     def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
@@ -203,7 +203,7 @@ class Session:
             size=(self.start.height, self.start.width),
             ratio=self.ratio,
             state=self.state if tag.generation == self.generation else None,
-            prepare=partial(self._prepare, data),
+            decode=partial(self._decode, data),
             finish=self._finish,
             alpha_only=True,  # a stream returns alpha mattes only
             tag=tag,

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from ptq4vm_core.calib.data import build_calibration_set
 from server.calibration.protocol import ClipSpec
-from server.calibration.worker import prepare_clip
+from server.calibration.worker import calibration_frames
 from tests.calib.test_synthetic import frame_dir
 
 
@@ -24,7 +24,7 @@ def test_an_admin_upload_with_alpha_calibrates_labelled(
         video=frame_dir(tmp_path / "video", clip_frames[:12]),
         alpha=frame_dir(tmp_path / "alpha", truth, grey=True),
     )
-    calib, _ = prepare_clip(spec, 0, tmp_path / "work", holdout=0.25, max_side=96)
+    calib, _ = calibration_frames(spec, 0, tmp_path / "work", holdout=0.25, max_side=96)
     data = build_calibration_set([calib], frames=8, seq_len=4, max_side=96)
     assert bool(data.has_alpha.all())
     torch.testing.assert_close(data.alphas[1, :, 0, 0, 0], torch.tensor([40, 50, 60, 70]) / 255)

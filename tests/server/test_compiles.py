@@ -9,7 +9,7 @@ import os
 import threading
 
 from ptq4vm_core.engine import EngineKind, load_engine
-from ptq4vm_core.engine.base import prepare_engine
+from ptq4vm_core.engine.base import compile_shape
 from server.inference.compiles import ShapeCompiler
 
 
@@ -17,9 +17,9 @@ def test_shapes_compile_in_lower_priority_threads() -> None:
     engine = load_engine("fp32", EngineKind.OPENVINO)
     compiler = ShapeCompiler(workers=1, nice=7)
     try:
-        asyncio.run(compiler.prepare(engine, 72, 128, 1.0, alpha_only=True))
+        asyncio.run(compiler.compile(engine, 72, 128, 1.0, alpha_only=True))
         # Compiled there: the same shape is now ready at once.
-        assert prepare_engine(engine, 1, 72, 128, 1.0, alpha_only=True) == 0.0
+        assert compile_shape(engine, 1, 72, 128, 1.0, alpha_only=True) == 0.0
         threads = [t for t in threading.enumerate() if t.name.startswith("ptq4vm-compile")]
         assert len(threads) == 1
         ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -52,7 +52,7 @@ def work(engine: Any, tag: Any, state: Any = None, lane: Lane = Lane.REALTIME) -
         size=(4, 4),
         ratio=1.0,
         state=state,
-        prepare=lambda: np.zeros((1, 3, 4, 4), np.float32),
+        decode=lambda: np.zeros((1, 3, 4, 4), np.float32),
         finish=lambda fgr, pha: (tag, float(pha.max())),
         lane=lane,
         tag=tag,
@@ -134,7 +134,7 @@ def test_a_bad_frame_fails_alone() -> None:
         scheduler = Scheduler(workers=1, max_batch=4)
         blocker = asyncio.ensure_future(scheduler.run(work(engine, "first")))
         broken = work(engine, "bad")
-        broken.prepare = bad
+        broken.decode = bad
         jobs = [broken, work(engine, "good")]
         results = await asyncio.gather(*(scheduler.run(j) for j in jobs), return_exceptions=True)
         await blocker

@@ -106,7 +106,7 @@ def rewritten_graph(
     """The published FP32 graph after the `rvm_graph` rewrites of `form` (still float), and
     its convs: ONNX Runtime's form merges the box filters and pads concat convs to 4-channel
     multiples, OpenVINO's merges the tail's upsampling instead (see `openvino_graph`)."""
-    editor = GraphEditor(rvm_graph.prepare(onnx.load(str(weights_path(root)))))
+    editor = GraphEditor(rvm_graph.normalized(onnx.load(str(weights_path(root)))))
     sites = rvm_graph.conv_sites(editor, list(architecture(MODEL_NAME).convs))
     rvm_graph.drop_identity_split_concat(editor)
     if form.merge_box_filters:

@@ -3,7 +3,7 @@
 Every rewrite here leaves the FP32 function unchanged, exactly or up to float rounding (noted
 per rewrite), and is checked by tests against the published graph:
 
-* `prepare`: opset 12 -> 17 (per-axis QuantizeLinear needs >= 13), and one symbolic name per
+* `normalized`: opset 12 -> 17 (per-axis QuantizeLinear needs >= 13), and one symbolic name per
   dimension (the published file names every spatial dimension "height"/"width", which lets
   ONNX Runtime plan one buffer for tensors of different sizes once new nodes sit in between).
 * `drop_identity_split_concat`: a Split whose outputs are concatenated back in order.
@@ -50,7 +50,7 @@ class ConvSite:
     pad_in: int = 0
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     """The published graph at opset 17 with a distinct symbolic name per dimension."""
     converted = version_converter.convert_version(model, OPSET)
     converted.ir_version = IR_VERSION

@@ -83,14 +83,14 @@ async def matte(
     with lease:
         # A new image size compiles here, off the loop and outside the shared inference
         # workers, at lower priority (the engine keeps a bounded number of sizes).
-        await compiler.prepare(lease.engine, height, width, ratio, alpha_only=True)
+        await compiler.compile(lease.engine, height, width, ratio, alpha_only=True)
         work = Work(
             engine=lease.engine,
             model=lease.version,
             size=(height, width),
             ratio=ratio,
             state=None,
-            prepare=lambda: to_batch(rgb),
+            decode=lambda: to_batch(rgb),
             finish=lambda fgr, pha: encode_alpha(pha, "alpha_png"),
             alpha_only=True,
         )
