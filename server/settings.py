@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
+from ptq4vm_core.calib.gate import GATE_HOLDOUT, GATE_MARGIN, GATE_MAX_MAD
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine.base import EngineKind
 from ptq4vm_core.paths import cache_root
@@ -135,9 +136,9 @@ class Settings(BaseSettings):
     # Quality gate: a candidate passes when its MAD against FP32 (x1e3, on the held-out last
     # `gate_holdout` of each clip's frames) is at most `gate_max_mad` and at most the active
     # version's plus `gate_margin`.
-    gate_max_mad: PositiveFloat = 10.0
-    gate_margin: Annotated[float, Field(ge=0)] = 1.0
-    gate_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    gate_max_mad: PositiveFloat = GATE_MAX_MAD
+    gate_margin: Annotated[float, Field(ge=0)] = GATE_MARGIN
+    gate_holdout: Annotated[float, Field(gt=0, lt=1)] = GATE_HOLDOUT
 
     # Static files served at `/`: by default the browser client (clients/web) when this is a
     # repository checkout that has it; unset (None) in an installed package without it.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -9,18 +12,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ptq4vm_core.artifact import load_artifact, save_artifact
-from ptq4vm_core.assets import sample_clip_path, weights_path
-from ptq4vm_core.calib.calibrate import Ptq4vmOptions, calibrate
-from ptq4vm_core.calib.data import build_calibration_set
-from ptq4vm_core.calib.methods import PROFILES, Base, Method, Profile
-from ptq4vm_core.calib.progress import ProgressEvent
-from ptq4vm_core.calib.synthetic import build_synthetic_clips
+from ptq4vm_core.calib.gate import GATE_MARGIN, GATE_MAX_MAD, GateThresholds
+from ptq4vm_core.calib.methods import Base, Method, Profile
+from ptq4vm_core.calib.pipeline import (
+    CalibrationRequest,
+    ClipSource,
+    float_inputs_named,
+    run_calibration,
+    run_gate,
+)
+from ptq4vm_core.calib.progress import ProgressCallback, ProgressEvent
 from ptq4vm_core.cli.common import console, user_errors
-from ptq4vm_core.engine import FP32, load_engine
-from ptq4vm_core.model import load_rvm_from_onnx
-from ptq4vm_core.model.recipe import CHEAP_INPUTS, SENSITIVE_INPUTS, rvm_policy
-from ptq4vm_core.paths import cache_root
+from ptq4vm_core.engine import FP32
+from ptq4vm_core.engine.loader import resolve_artifact
 from ptq4vm_core.quant.spec import Bits, Int8Target
 
 BITS = tuple(b.value for b in Bits)
@@ -77,83 +81,62 @@ def calibrate_command(
             "method at the same bits and float inputs) and run only the global stage on CLIPS.",
         ),
     ] = None,
+    holdout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Hold the last FRACTION of each clip's frames out of calibration and run the "
+            "quality gate on them (the admin recalibration's: MAD vs FP32, docs/server.md).",
+        ),
+    ] = None,
+    gate_against: Annotated[
+        str,
+        typer.Option(
+            help="With --holdout: the model the candidate must not be worse than "
+            "(fp32, a registry version or an artifact dir)."
+        ),
+    ] = FP32,
+    max_mad: Annotated[
+        float, typer.Option(min=0.0, help="With --holdout: the gate's MAD-vs-FP32 limit.")
+    ] = GATE_MAX_MAD,
+    margin: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --holdout: how much worse than --gate-against passes."),
+    ] = GATE_MARGIN,
 ) -> None:
-    """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT."""
+    """Quantize RVM with METHOD at BITS on CLIPS and write an artifact to OUT (the core's
+    calibration pipeline, `calib.pipeline`, as the server's recalibration runs it)."""
     with user_errors():
         # DESIGN 4.2 spells `--clips PATH [PATH ...]`; click options take one value, so the
         # paths after the first arrive as extra arguments.
         clips = [*clips, *(Path(a) for a in ctx.args)]
         if bits not in BITS:
             raise ValueError(f"--bits must be one of {', '.join(BITS)}, got {bits!r}")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {device!r}")
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("--device cuda asked for, but no CUDA device is available")
-        ptq4vm = None
-        if method is Method.PTQ4VM:
-            ptq4vm = Ptq4vmOptions(base=base, gac=not no_gac, ofa=not no_ofa)
-        elif no_gac or no_ofa or base is not Base.QDROP or biq_from is not None:
-            raise ValueError(
-                "--no-gac, --no-ofa, --base and --biq-from apply to --method ptq4vm only"
-            )
-        names = tuple(n.strip() for n in float_inputs.split(",") if n.strip())
-        presets: dict[tuple[str, ...], tuple[str, ...]] = {
-            ("sensitive",): SENSITIVE_INPUTS,
-            ("cheap",): CHEAP_INPUTS,
-        }
-        floats = presets.get(names, names)
-        # refuses unknown names before the work
-        policy = rvm_policy(bits, float_inputs=floats, target=int8_target)
-        biq = None if biq_from is None else load_artifact(biq_from)
-        if biq is not None and biq.manifest.method != base.value:
-            raise ValueError(
-                f"--biq-from {biq_from} was calibrated with {biq.manifest.method}, but PTQ4VM's "
-                f"BIQ stage here is {base.value} (--base)"
-            )
-        prof = PROFILES[profile]
-        if synthetic_backgrounds:
-            clips += build_synthetic_clips(
-                load_engine(FP32), sample_clip_path(), cache_root() / "cache" / "synthetic",
-                synthetic_backgrounds, seed=seed,
-            )  # fmt: skip
-        data = build_calibration_set(
-            clips, frames=prof.frames, seq_len=prof.seq_len, max_side=prof.max_side, seed=seed
-        )
-        fp = load_rvm_from_onnx(weights_path())
-        columns = (
-            TextColumn("[bold]{task.fields[stage]}[/] {task.fields[unit]:<8}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("it {task.fields[it]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("ETA {task.fields[eta]}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console) as bar:
-            task = bar.add_task(
-                "calibrate", total=1.0, stage="start", unit="", it="-", loss="-", eta="-"
-            )
-
-            def show(event: ProgressEvent) -> None:
-                bar.update(
-                    task,
-                    completed=event.fraction,
-                    stage=event.stage,
-                    unit=event.unit,
-                    it=f"{event.step}/{event.total}",
-                    loss="-" if event.loss is None else f"{event.loss:.4g}",
-                    eta="-" if event.eta_s is None else f"{event.eta_s:.0f}s",
+        request = CalibrationRequest(
+            clips=tuple(ClipSource(c) for c in clips), bits=Bits(bits), method=method,
+            profile=profile, seed=seed, int8_target=int8_target, device=device,
+            float_inputs=float_inputs_named(float_inputs), base=base, gac=not no_gac,
+            ofa=not no_ofa, biq_from=biq_from, synthetic_backgrounds=synthetic_backgrounds,
+            holdout=holdout or None,
+        )  # fmt: skip
+        request.check()  # refuses bad options before the work
+        with tempfile.TemporaryDirectory(prefix="ptq4vm-calibrate-") as work:
+            with calibration_bar() as show:
+                run = run_calibration(request, out, work=Path(work), progress=show)
+            gate = None
+            if request.holdout is not None:
+                thresholds = GateThresholds(
+                    max_mad, margin, max_mad_name="--max-mad", margin_name="--margin"
                 )
-
-            result = calibrate(
-                fp, data, bits=bits, method=method, profile=profile, device=device,
-                progress=show, seed=seed, ptq4vm=ptq4vm, policy=policy,
-                biq_model=None if biq is None else biq.model, target=int8_target,
-            )  # fmt: skip
-        path = save_artifact(result, data, out)
+                active = (
+                    gate_against if gate_against == FP32 else str(resolve_artifact(gate_against))
+                )
+                gate = run_gate(
+                    run.artifact, run.held_out, thresholds, active=active,
+                    active_version=gate_against,
+                )  # fmt: skip
+    result, path, ptq4vm = run.result, run.artifact, request.ptq4vm()
     label = ptq4vm.label() if ptq4vm is not None else method.value
     Console(highlight=False).print(
         f"{label} {bits} ({profile.value}, int8 target {int8_target.value}) in "
@@ -167,3 +150,40 @@ def calibrate_command(
             f"{g.val_start:.3g} -> {g.val_end:.3g} on {g.val_sequences} sequence(s), "
             f"kept step {g.best_step} of {g.iters}"
         )
+    if gate is not None:
+        verdict = "passed" if gate.passed else "failed: " + "; ".join(gate.reasons)
+        Console(highlight=False).print(
+            f"quality gate on {gate.frames} held-out frames: MAD vs fp32 {gate.candidate_mad:.3f}"
+            f" ({gate.active_version}: {gate.active_mad:.3f}) {verdict}"
+        )
+
+
+@contextmanager
+def calibration_bar() -> Iterator[ProgressCallback]:
+    """A rich progress bar fed by the pipeline's progress events."""
+    columns = (
+        TextColumn("[bold]{task.fields[stage]}[/] {task.fields[unit]:<8}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("it {task.fields[it]}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(
+            "calibrate", total=1.0, stage="start", unit="", it="-", loss="-", eta="-"
+        )
+
+        def show(event: ProgressEvent) -> None:
+            bar.update(
+                task,
+                completed=event.fraction,
+                stage=event.stage,
+                unit=event.unit,
+                it=f"{event.step}/{event.total}",
+                loss="-" if event.loss is None else f"{event.loss:.4g}",
+                eta="-" if event.eta_s is None else f"{event.eta_s:.0f}s",
+            )
+
+        yield show

@@ -29,7 +29,15 @@ from ptq4vm_core.artifact import update_metrics
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.quant.spec import Bits, Int8Target
 from server.calibration.child import CalibrationChild
-from server.calibration.protocol import ClipSpec, GateSpec, Progress, Result, WorkerSpec
+from server.calibration.protocol import (
+    CalibrationOptions,
+    ClipSpec,
+    GateSpec,
+    Progress,
+    Result,
+    WorkerSpec,
+    worker_options,
+)
 from server.calibration.speed import speed_spec
 from server.models.registry import ModelRegistry
 from server.settings import Settings
@@ -72,6 +80,7 @@ class Calibration:
     activate: bool
     clips: list[dict[str, Any]]
     int8_target: Int8Target = Int8Target.VNNI
+    options: dict[str, Any] = field(default_factory=dict)  # `CalibrationOptions`, as given
     state: CalibrationState = CalibrationState.QUEUED
     stage: str | None = None
     progress: float = 0.0
@@ -99,6 +108,7 @@ class Calibration:
         data["profile"] = Profile(data["profile"])
         # A record written before int8 targets existed was calibrated for VNNI.
         data["int8_target"] = Int8Target(data.get("int8_target", Int8Target.VNNI))
+        data.setdefault("options", {})  # a record written before the options existed
         return cls(**data)
 
 
@@ -316,6 +326,7 @@ class CalibrationManager:
             ),
             parent=os.getpid(),
             int8_target=job.int8_target,
+            **worker_options(CalibrationOptions.model_validate(job.options)),
             # Timed against the active model only where the job may replace it.
             speed=speed_spec(s, active, active_path) if job.activate and s.speed_check else None,
         )

@@ -9,13 +9,14 @@ with events on its stdout pipe, one JSON object per line: `Progress` any number 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.calib.gate import GateReport
+from ptq4vm_core.calib.methods import Base, Method, Profile
+from ptq4vm_core.calib.pipeline import CalibrationRequest, ClipSource, float_inputs_named
 from ptq4vm_core.quant.spec import Bits, Int8Target
-from server.calibration.quality_gate import GateReport
 from server.calibration.speed import SpeedReport, SpeedSpec
 
 
@@ -25,11 +26,14 @@ class ClipSpec(BaseModel):
     video: Path
     alpha: Path | None = None
 
+    def request_clip(self) -> ClipSource:
+        return ClipSource(self.video, self.alpha)
+
 
 class GateSpec(BaseModel):
     """The quality gate of an admin job: the last `holdout` of each clip's frames are held out
     and the candidate is judged on them against FP32 and the active version
-    (`server.calibration.quality_gate`).
+    (`ptq4vm_core.calib.gate`).
     `active` is the active version's artifact directory, or "fp32"."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,6 +43,26 @@ class GateSpec(BaseModel):
     holdout: float = Field(gt=0, lt=1)
     max_mad: float = Field(gt=0)
     margin: float = Field(ge=0)
+
+
+# Synthetic backgrounds an admin job may ask for (each is a clip built from the sample clip).
+MAX_SYNTHETIC_BACKGROUNDS = 8
+
+
+class CalibrationOptions(BaseModel):
+    """The calibration options an admin job shares with `ptq4vm calibrate` beyond bits, method,
+    profile and int8 target (same names, same meaning: `calib.pipeline.CalibrationRequest`).
+    `ptq4vm calibrate`'s --device and --biq-from have no admin field: the server calibrates on
+    its CPU, and takes no server path from a client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    float_inputs: str = ""
+    base: Base = Base.QDROP
+    gac: bool = True
+    ofa: bool = True
+    synthetic_backgrounds: int = Field(default=0, ge=0, le=MAX_SYNTHETIC_BACKGROUNDS)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class WorkerSpec(BaseModel):
@@ -64,6 +88,54 @@ class WorkerSpec(BaseModel):
     seed: int = 0
     int8_target: Int8Target = Int8Target.VNNI
     speed: SpeedSpec | None = None
+    # The calibration options the CLI has too (`calib.pipeline.CalibrationRequest`).
+    float_inputs: tuple[str, ...] = ()
+    base: Base = Base.QDROP
+    gac: bool = True
+    ofa: bool = True
+    synthetic_backgrounds: int = Field(default=0, ge=0, le=MAX_SYNTHETIC_BACKGROUNDS)
+
+    def request(self) -> CalibrationRequest:
+        """The core pipeline's request for these clips and options (CPU; no --biq-from: the
+        server takes no path from a client)."""
+        return CalibrationRequest(
+            clips=tuple(c.request_clip() for c in self.clips),
+            bits=self.bits,
+            method=self.method,
+            profile=self.profile,
+            seed=self.seed,
+            int8_target=self.int8_target,
+            float_inputs=self.float_inputs,
+            base=self.base,
+            gac=self.gac,
+            ofa=self.ofa,
+            synthetic_backgrounds=self.synthetic_backgrounds,
+            holdout=None if self.gate is None else self.gate.holdout,
+        )
+
+
+def worker_options(options: CalibrationOptions) -> dict[str, Any]:
+    """`WorkerSpec` fields from an admin job's options."""
+    return {
+        "float_inputs": float_inputs_named(options.float_inputs),
+        "base": options.base,
+        "gac": options.gac,
+        "ofa": options.ofa,
+        "synthetic_backgrounds": options.synthetic_backgrounds,
+        "seed": options.seed,
+    }
+
+
+def check_options(
+    bits: Bits, method: Method, profile: Profile, target: Int8Target, options: CalibrationOptions
+) -> None:
+    """ValueError, naming the option, where the core pipeline would refuse these options."""
+    CalibrationRequest(
+        clips=(), bits=bits, method=method, profile=profile, seed=options.seed,
+        int8_target=target, float_inputs=float_inputs_named(options.float_inputs),
+        base=options.base, gac=options.gac, ofa=options.ofa,
+        synthetic_backgrounds=options.synthetic_backgrounds,
+    ).check_options()  # fmt: skip
 
 
 class Progress(BaseModel):

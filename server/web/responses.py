@@ -177,6 +177,11 @@ class CalibrationStatus(BaseModel):
     activate: bool
     clips: list[CalibrationClip]
     int8_target: str = Field(description="The int8 kernels calibrated for: `vnni` or `avx2`.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The calibration options given (float_inputs, base, gac, ofa, "
+        "synthetic_backgrounds, seed), as `ptq4vm calibrate` takes them.",
+    )
     state: CalibrationState
     stage: str | None
     progress: float = Field(description="In [0, 1].")

@@ -15,8 +15,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import torch
 from numpy.typing import NDArray
+from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from ptq4vm_core.artifact.manifest import TENSORS_FILE, read_manifest
+from ptq4vm_core.cli.main import app
 from server.calibration.manager import DB_FILE, STAGING_PREFIX
 from tests.server.conftest import Assets, RunningServer, ServerFactory, make_home
 
@@ -250,3 +255,40 @@ def test_ptq4vm_fast_calibration(admin: RunningServer, assets: Assets) -> None:
         assert job["activated"] is False  # not asked for
         assert job["version"] in {r["version"] for r in http.get("/v1/models").json()["versions"]}
         assert losses
+
+
+def test_the_cli_and_the_admin_endpoint_make_the_same_artifact(
+    admin: RunningServer, assets: Assets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One calibration pipeline (issue 27): the same clip, options and seed give the same
+    artifact from `ptq4vm calibrate --holdout` and from an admin job (whose gate holds out the
+    same fraction): the same policy and the same integers."""
+    with admin.client() as http:
+        accepted = submit(http, assets.clip, float_inputs="cheap", seed="3", int8_target="avx2")
+        assert accepted.status_code == 202, accepted.text
+        job = wait_for(http, accepted.json()["id"], {"done", "failed"})
+    assert job["state"] == "done", job
+    assert job["options"]["float_inputs"] == "cheap"
+    served = admin.settings.models_dir / job["version"]
+
+    monkeypatch.setenv("PTQ4VM_HOME", str(admin.settings.home))
+    # The threads of the server's calibration child: float sums follow how work is split.
+    monkeypatch.setenv("PTQ4VM_THREADS", str(admin.settings.calibration_build_threads))
+    out = tmp_path / "cli-artifact"
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", "--clips", str(assets.clip), "--bits", "w8a8", "--method", "minmax",
+         "--profile", "fast", "--float-inputs", "cheap", "--seed", "3", "--int8-target", "avx2",
+         "--holdout", str(admin.settings.gate_holdout), "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "quality gate on" in result.output
+
+    cli, server = read_manifest(out), read_manifest(served)
+    assert cli.policy == server.policy
+    theirs, ours = load_file(served / TENSORS_FILE), load_file(out / TENSORS_FILE)
+    assert theirs.keys() == ours.keys()
+    integers = [k for k, v in ours.items() if not v.is_floating_point()]
+    assert integers
+    for key in integers:
+        assert torch.equal(ours[key], theirs[key]), key

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ptq4vm_core.calib.gate import GateReport
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.quant.spec import Bits
 from server.calibration.child import CalibrationChild, CalibrationError, follow
@@ -22,7 +23,6 @@ from server.calibration.protocol import (
     decode_event,
     encode_event,
 )
-from server.calibration.quality_gate import GateReport
 
 REPORT = GateReport(
     passed=True,

@@ -16,11 +16,16 @@ from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, UploadFile
 
-from ptq4vm_core.calib.methods import Method, Profile
+from ptq4vm_core.calib.methods import Base, Method, Profile
 from ptq4vm_core.engine import ModelNotFoundError
 from ptq4vm_core.engine.cpu import default_int8_target
 from ptq4vm_core.quant.spec import Bits, Int8Target
 from server.calibration.manager import Calibration, InsufficientStorageError, NotCancellableError
+from server.calibration.protocol import (
+    MAX_SYNTHETIC_BACKGROUNDS,
+    CalibrationOptions,
+    check_options,
+)
 from server.calibration.speed import SpeedReport, measure_speed, speed_spec
 from server.media.sniff import MediaError
 from server.media.video import probe_upload
@@ -134,11 +139,39 @@ async def create_calibration(
             "weights for CPUs without VNNI); default: this server's CPU class."
         ),
     ] = None,
+    float_inputs: Annotated[
+        str,
+        Form(
+            description="Mixed precision, as `ptq4vm calibrate --float-inputs`: layers whose "
+            "input activations stay in float, comma-separated, or `sensitive` / `cheap`."
+        ),
+    ] = "",
+    base: Annotated[Base, Form(description="PTQ4VM's BIQ stage (`--base`).")] = Base.QDROP,
+    gac: Annotated[bool, Form(description="PTQ4VM's GAC (false: `--no-gac`).")] = True,
+    ofa: Annotated[bool, Form(description="PTQ4VM's OFA (false: `--no-ofa`).")] = True,
+    synthetic_backgrounds: Annotated[
+        int,
+        Form(
+            ge=0,
+            le=MAX_SYNTHETIC_BACKGROUNDS,
+            description="Labelled clips made from the sample clip over N synthesized "
+            "backgrounds (`--synthetic-backgrounds`).",
+        ),
+    ] = 0,
+    seed: Annotated[int, Form(ge=0, le=2**31 - 1, description="Random seed (`--seed`).")] = 0,
 ) -> dict[str, Any]:
     """Queue a calibration on `clips`. The last PTQ4VM_GATE_HOLDOUT of each clip's frames are
     held out for the quality gate; with `activate`, the new version replaces the active one
     only if it passes the gate and is faster on this CPU (both timed, `metrics.speed`). Poll
     `GET /admin/calibrations/{id}`."""
+    options = CalibrationOptions(
+        float_inputs=float_inputs, base=base, gac=gac, ofa=ofa,
+        synthetic_backgrounds=synthetic_backgrounds, seed=seed,
+    )  # fmt: skip
+    try:  # the options are checked as the CLI checks them, before any upload is stored
+        check_options(bits, method, profile, int8_target or default_int8_target(), options)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     alphas = alphas or []
     if alphas and len(alphas) != len(clips):
         raise HTTPException(422, f"{len(alphas)} alphas for {len(clips)} clips: give one per clip")
@@ -169,6 +202,7 @@ async def create_calibration(
             activate=activate,
             clips=rows,
             int8_target=int8_target or default_int8_target(),
+            options=options.model_dump(mode="json"),
         )
         calibrations.submit(job)
     except BaseException:

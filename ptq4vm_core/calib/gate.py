@@ -1,5 +1,6 @@
-"""The quality gate of an admin recalibration (DESIGN 4.4): a candidate version is compared with
-FP32 on frames held out from calibration, and with the active version on the same frames.
+"""The quality gate of a calibration (DESIGN 4.4; the admin recalibration's, and `ptq4vm
+calibrate --holdout`'s): a candidate is compared with FP32 on frames held out from calibration,
+and with the active (or named) version on the same frames.
 
 Uploaded clips have no ground truth, so the measure is the drift from the FP32 model: MAD
 (x1e3, RVM's scale) between the candidate's 8-bit alpha and FP32's. The candidate passes when
@@ -21,11 +22,20 @@ from ptq4vm_core.io.metrics import SequenceMetrics
 from ptq4vm_core.io.video import iter_frames, probe
 from ptq4vm_core.pipeline import matte_frames, resolve_downsample_ratio
 
+# The defaults of both the server (PTQ4VM_GATE_*) and `ptq4vm calibrate --holdout`.
+GATE_MAX_MAD = 10.0
+GATE_MARGIN = 1.0
+GATE_HOLDOUT = 0.2
+
 
 @dataclass(frozen=True)
 class GateThresholds:
+    """The limits, and what a user sets them with (a setting, a CLI option), for the reasons."""
+
     max_mad: float
     margin: float
+    max_mad_name: str = "PTQ4VM_GATE_MAX_MAD"
+    margin_name: str = "PTQ4VM_GATE_MARGIN"
 
 
 @dataclass(frozen=True)
@@ -86,13 +96,13 @@ def judge(
     if candidate_mad > thresholds.max_mad:
         reasons.append(
             f"MAD vs fp32 {candidate_mad:.3f} is above the limit {thresholds.max_mad:.3f} "
-            "(PTQ4VM_GATE_MAX_MAD)"
+            f"({thresholds.max_mad_name})"
         )
     if active_version != FP32 and candidate_mad > active_mad + thresholds.margin:
         reasons.append(
             f"MAD vs fp32 {candidate_mad:.3f} is worse than the active version "
             f"{active_version}'s {active_mad:.3f} by more than {thresholds.margin:.3f} "
-            "(PTQ4VM_GATE_MARGIN)"
+            f"({thresholds.margin_name})"
         )
     return GateReport(
         passed=not reasons,
