@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	# torch is pinned on its own first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
-	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[images,browser-tests]'
+	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[images,browser-tests,webrtc]'
 	touch $(STAMP)
 
 $(ORT_WEB_STAMP): $(ORT_WEB_SCRIPT)

@@ -18,6 +18,7 @@ from server.metrics import Metrics
 from server.models.registry import ModelRegistry, ModelUnavailableError, engine_loader
 from server.settings import Settings
 from server.streaming.capacity import SessionManager
+from server.webrtc.peers import WhipPeers
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Services:
     default_builder: DefaultModelBuilder
     compiler: ShapeCompiler
     calibrations: CalibrationManager
+    whip: WhipPeers = field(init=False)  # WebRTC publishers: their sessions are `sessions`'
     ready: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -88,9 +90,11 @@ class Services:
         builder = DefaultModelBuilder(settings, registry, metrics)
         compiler = ShapeCompiler(nice=settings.job_nice)
         calibrations = CalibrationManager(settings, registry)
-        return cls(
+        services = cls(
             settings, metrics, registry, scheduler, sessions, jobs, builder, compiler, calibrations
         )
+        services.whip = WhipPeers(services)
+        return services
 
     async def start(self) -> None:
         """Load the active model (sessions then start without a wait), start the background
@@ -120,6 +124,7 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.whip.close()
         self.sessions.close()
         await asyncio.to_thread(self.default_builder.stop)
         await asyncio.to_thread(self.jobs.close)

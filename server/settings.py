@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
@@ -34,6 +34,16 @@ def _machine_cores() -> int:
 def _bundled_web_client() -> Path | None:
     web = Path(__file__).resolve().parent.parent / "clients" / "web"
     return web if (web / "index.html").is_file() else None
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server for WebRTC peer connections (`PTQ4VM_ICE_SERVERS`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
 
 
 class Settings(BaseSettings):
@@ -68,6 +78,17 @@ class Settings(BaseSettings):
     max_connections_per_client: PositiveInt = 8
     trusted_proxies: str = ""
     allowed_origins: str = ""
+
+    # WebRTC (WHIP, DESIGN 4.6; docs/operations.md): the bearer token publishers send (unset:
+    # none needed), the size of an SDP offer, how long ICE and DTLS may take, the frames a
+    # second a publisher is matted at (more are discarded; 4x that ends it), and the ICE
+    # servers (STUN/TURN) offered to peer connections: a JSON list of
+    # {"urls": ..., "username": ..., "credential": ...}; none (host candidates) by default.
+    whip_token: SecretStr | None = None
+    whip_max_sdp_bytes: PositiveInt = 64 * 1024
+    whip_connect_timeout_s: PositiveFloat = 10.0
+    whip_max_fps: PositiveFloat = 60.0
+    ice_servers: list[IceServer] = Field(default_factory=list)
 
     # Inference scheduling.
     infer_workers: PositiveInt = 1

@@ -26,7 +26,7 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-UPLOAD_PATHS = frozenset({"/v1/matte", "/v1/jobs", "/admin/calibrations"})
+UPLOAD_PATHS = frozenset({"/v1/matte", "/v1/jobs", "/v1/backgrounds", "/admin/calibrations"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 

@@ -12,7 +12,7 @@ from server.services import Services
 from server.settings import Settings
 from server.web.admission import RequestGates
 from server.web.limits import UploadLimits
-from server.web.routers import admin, health, jobs, matte, models, stream
+from server.web.routers import admin, health, jobs, matte, models, stream, whip
 from server.web.static import IsolatedStaticFiles
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(matte.router)
     app.include_router(jobs.router)
     app.include_router(admin.router)
+    app.include_router(whip.router)
     app.add_middleware(
         UploadLimits,
         limits={
             "/v1/matte": (settings.max_image_bytes, "PTQ4VM_MAX_IMAGE_BYTES"),
+            "/v1/backgrounds": (settings.max_image_bytes, "PTQ4VM_MAX_IMAGE_BYTES"),
             "/v1/jobs": (settings.max_upload_bytes, "PTQ4VM_MAX_UPLOAD_BYTES"),
             "/admin/calibrations": (
                 settings.max_calibration_bytes,

@@ -1,0 +1,223 @@
+"""WebRTC over WHIP (DESIGN 4.6, issue 28): a real aiortc publisher (the SDK's) and a real
+server on loopback, host ICE candidates only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from numpy.typing import NDArray
+from ptq4vm_client.whip import WhipError, WhipPublisher, pin_vp8_bitrate
+from websockets.exceptions import ConnectionClosed
+
+from ptq4vm_core.engine import FP32, load_engine
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from tests.server.client import Stream, StreamError
+from tests.server.conftest import RunningServer, ServerFactory, cli_mattes, png_dir
+
+SDP = {"Content-Type": "application/sdp"}
+FRAMES = 30
+FPS = 6.0  # slow enough that the CPU mattes every frame: the alpha is compared frame by frame
+
+
+def whip(server: RunningServer) -> str:
+    return f"{server.http}/v1/whip"
+
+
+async def offer(videos: int = 1, direction: str = "sendrecv", audio: bool = False) -> str:
+    """An aiortc offer with `videos` video transceivers (and the data channel)."""
+    pc = RTCPeerConnection()
+    for _ in range(videos):
+        pc.addTransceiver("video", direction=direction)
+    if audio:
+        pc.addTransceiver("audio", direction="sendrecv")
+    pc.createDataChannel("ptq4vm")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def post(server: RunningServer, sdp: str, **headers: str) -> httpx.Response:
+    return httpx.post(whip(server), content=sdp, headers={**SDP, **headers}, timeout=30)
+
+
+def mad(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
+    """MAD x1e3 of two 8-bit mattes."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255 * 1e3)
+
+
+@pytest.fixture(scope="module")
+def whip_server(start_server: ServerFactory) -> RunningServer:
+    return start_server(whip_connect_timeout_s=2.0)
+
+
+@pytest.fixture
+def high_bitrate() -> Iterator[None]:
+    """VP8 both ways at 4 Mbit/s (aiortc's encoders are per process: client and server)."""
+    from aiortc.codecs import vpx
+
+    saved = vpx.MIN_BITRATE, vpx.DEFAULT_BITRATE, vpx.MAX_BITRATE
+    pin_vp8_bitrate(4_000_000)
+    yield
+    vpx.MIN_BITRATE, vpx.DEFAULT_BITRATE, vpx.MAX_BITRATE = saved
+
+
+def test_whip_alpha_follows_ptq4vm_matte_with_its_state(
+    whip_server: RunningServer,
+    clip_rgb: list[NDArray[np.uint8]],
+    tmp_path: Path,
+    high_bitrate: None,
+    record_property: Any,
+) -> None:
+    """The SDK publishes the sample clip; the alpha track it gets back matches `ptq4vm matte`
+    on the same frames within VP8's loss, and only with the recurrent state carried: a matte
+    made with the state reset every frame is measurably further from it."""
+    publisher = WhipPublisher(whip(whip_server), output="alpha", model=FP32)
+    result = asyncio.run(publisher.run(clip_rgb[:FRAMES], fps=FPS))
+    assert result.sent == FRAMES
+    assert result.matted >= FRAMES // 2, result.stats
+    assert all(s["model"] == FP32 for s in result.stats)
+    matted = sorted(round(s["t"] * FPS) for s in result.stats)
+    first = matted[0]  # the first frame of the server's session: its state starts there
+    frames = clip_rgb[first:FRAMES]
+    recurrent = cli_mattes(png_dir(frames, tmp_path / "clip"), FP32, tmp_path)
+    engine = load_engine(FP32, root=whip_server.settings.home)
+    reset = [
+        alpha_to_uint8(engine.infer(frames_to_batch([f]), None, 1.0, alpha_only=True).pha)
+        for f in frames
+    ]
+    compared = [i for i in matted if result.frames[i] is not None]
+    assert len(compared) >= FRAMES // 2
+    got = [result.frames[i] for i in compared]
+    with_state = np.mean([mad(g, recurrent[i - first]) for g, i in zip(got, compared, strict=True)])
+    without = np.mean([mad(g, reset[i - first]) for g, i in zip(got, compared, strict=True)])
+    record_property("whip_alpha_mad_vs_ptq4vm_matte", with_state)
+    record_property("whip_alpha_mad_vs_state_reset", without)
+    print(f"WHIP alpha MAD x1e3 vs ptq4vm matte {with_state:.2f}, vs reset {without:.2f}")
+    assert with_state < 8.0, with_state  # VP8 both ways at 4 Mbit/s
+    assert with_state < 0.8 * without, (with_state, without)
+    assert result.latencies_s
+
+
+def test_composite_and_side_by_side_come_back_in_colour(
+    whip_server: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    blue = WhipPublisher(whip(whip_server), output="composite", background="blue")
+    result = asyncio.run(blue.run(clip_rgb[:12], fps=10))
+    frame = next(f for f in reversed(result.frames) if f is not None)
+    assert frame.shape == (144, 176, 3)
+    corner = frame[:10, :10].reshape(-1, 3).mean(axis=0)  # background in the sample clip
+    assert corner[2] > 150, corner
+    assert max(corner[0], corner[1]) < 80, corner
+    both = WhipPublisher(whip(whip_server), output="side_by_side")
+    result = asyncio.run(both.run(clip_rgb[:12], fps=10))
+    frame = next(f for f in reversed(result.frames) if f is not None)
+    assert frame.shape == (144, 352, 3)
+
+
+def test_bad_offers_get_clear_http_errors(whip_server: RunningServer) -> None:
+    huge = "v=0\r\n" + "a=x\r\n" * 20_000
+    assert post(whip_server, huge).status_code == 413
+    assert httpx.post(whip(whip_server), content="v=0", timeout=10).status_code == 415
+    assert post(whip_server, "hello").status_code == 400
+    assert post(whip_server, "v=0\r\nm=video nonsense\r\n").status_code == 400
+    for sdp in (
+        asyncio.run(offer(videos=0, audio=True)),
+        asyncio.run(offer(videos=2)),
+        asyncio.run(offer(direction="recvonly")),
+    ):
+        answer = post(whip_server, sdp)
+        assert answer.status_code == 422, answer.text
+    answer = post(whip_server, asyncio.run(offer()), Origin="http://evil.example")
+    assert answer.status_code == 403
+    assert httpx.delete(f"{whip(whip_server)}/nope", timeout=10).status_code == 404
+    assert httpx.patch(f"{whip(whip_server)}/nope", timeout=10).status_code == 405
+    with whip_server.client() as http:  # nothing is held by the refused offers
+        assert whip_server.services.sessions.waiting == 0
+        assert http.get("/healthz").status_code == 200
+
+
+def test_a_peer_that_never_connects_is_freed(start_server: ServerFactory) -> None:
+    """An answered offer whose peer never completes ICE holds its slot only until
+    PTQ4VM_WHIP_CONNECT_TIMEOUT_S."""
+    server = start_server(max_sessions=1, whip_connect_timeout_s=1.0)
+    first = post(server, asyncio.run(offer()))
+    assert first.status_code == 201, first.text
+    assert first.headers["location"].startswith("/v1/whip/")
+    assert first.headers["content-type"].startswith("application/sdp")
+    assert post(server, asyncio.run(offer())).status_code == 503  # at capacity meanwhile
+    deadline = time.monotonic() + 10
+    while server.services.whip and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(server.services.whip) == 0
+    second = post(server, asyncio.run(offer()))
+    assert second.status_code == 201
+    assert httpx.delete(server.http + second.headers["location"], timeout=10).status_code == 200
+    assert httpx.delete(server.http + second.headers["location"], timeout=10).status_code == 404
+
+
+def test_capacity_is_shared_with_websocket_sessions(start_server: ServerFactory) -> None:
+    server = start_server(max_sessions=1, whip_connect_timeout_s=30.0)
+    with Stream(server.ws, input="rgb24") as stream:
+        assert stream.started["type"] == "started"
+        refused = post(server, asyncio.run(offer()))
+        assert refused.status_code == 503
+        assert "capacity" in refused.text
+        stream.stop()
+    held = post(server, asyncio.run(offer()))
+    assert held.status_code == 201
+    # Refused as it connects: the error message, or the close frame first.
+    with pytest.raises((StreamError, ConnectionClosed)) as closed, Stream(server.ws):
+        pass
+    assert "at capacity" in str(closed.value)
+    httpx.delete(server.http + held.headers["location"], timeout=10)
+    with Stream(server.ws, input="rgb24") as stream:  # free again
+        assert stream.started["type"] == "started"
+        stream.stop()
+
+
+def test_frames_over_the_size_limit_end_the_session(
+    start_server: ServerFactory, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    server = start_server(max_frame_side=128)
+    publisher = WhipPublisher(whip(server))
+    with pytest.raises(WhipError) as ended:
+        asyncio.run(publisher.run(clip_rgb[:20], fps=10))
+    assert ended.value.code == "frame_too_big"
+    assert "PTQ4VM_MAX_FRAME_SIDE" in str(ended.value)
+    assert len(server.services.whip) == 0
+
+
+def test_a_publisher_far_faster_than_real_time_is_ended(
+    start_server: ServerFactory, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    server = start_server(whip_max_fps=5.0)
+    publisher = WhipPublisher(whip(server))
+    with pytest.raises(WhipError) as ended:
+        asyncio.run(publisher.run(clip_rgb * 2, fps=100))
+    assert ended.value.code == "too_fast"
+    with Stream(server.ws, input="rgb24") as stream:  # the server serves others meanwhile
+        message, _ = stream.matte(clip_rgb[0].tobytes())
+        assert message["type"] == "matte"
+        stream.stop()
+
+
+def test_the_whip_token(start_server: ServerFactory) -> None:
+    server = start_server(whip_token="s3cret")
+    sdp = asyncio.run(offer())
+    assert post(server, sdp).status_code == 401
+    assert post(server, sdp, Authorization="Bearer wrong").status_code == 403
+    answer = post(server, sdp, Authorization="Bearer s3cret")
+    assert answer.status_code == 201
+    location = server.http + answer.headers["location"]
+    assert httpx.delete(location, timeout=10).status_code == 401
+    ok = httpx.delete(location, headers={"Authorization": "Bearer s3cret"}, timeout=10)
+    assert ok.status_code == 200
