@@ -15,12 +15,15 @@ import pytest
 from aiortc import RTCPeerConnection
 from numpy.typing import NDArray
 from ptq4vm_client.whip import WhipError, WhipPublisher, pin_vp8_bitrate
+from typer.testing import CliRunner
 from websockets.exceptions import ConnectionClosed
 
+from ptq4vm_core.cli.main import app as cli
 from ptq4vm_core.engine import FP32, load_engine
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.io.video import probe
 from tests.server.client import Stream, StreamError
-from tests.server.conftest import RunningServer, ServerFactory, cli_mattes, png_dir
+from tests.server.conftest import Assets, RunningServer, ServerFactory, cli_mattes, png_dir
 
 SDP = {"Content-Type": "application/sdp"}
 FRAMES = 30
@@ -221,3 +224,15 @@ def test_the_whip_token(start_server: ServerFactory) -> None:
     assert httpx.delete(location, timeout=10).status_code == 401
     ok = httpx.delete(location, headers={"Authorization": "Bearer s3cret"}, timeout=10)
     assert ok.status_code == 200
+
+
+def test_ptq4vm_stream_whip_writes_one_alpha_frame_per_input_frame(
+    whip_server: RunningServer, assets: Assets, tmp_path: Path
+) -> None:
+    out = tmp_path / "alpha.mp4"
+    result = CliRunner().invoke(
+        cli, ["stream", str(assets.clip), "--whip", whip(whip_server), "--alpha-out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "120 frames sent" in result.output
+    assert probe(out).frame_count == 120

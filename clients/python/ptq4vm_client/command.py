@@ -45,7 +45,9 @@ class _Outcome:
 
 def stream_command(
     input: Annotated[Path, typer.Argument(help="Video file or directory of PNG/JPG frames.")],
-    url: Annotated[str, typer.Option(help="The server's stream, ws://HOST:PORT/v1/stream.")],
+    url: Annotated[
+        str | None, typer.Option(help="The server's stream, ws://HOST:PORT/v1/stream.")
+    ] = None,
     alpha_out: Annotated[Path | None, typer.Option(help="Alpha: video file or PNG dir.")] = None,
     downsample: Annotated[
         float | None,
@@ -58,8 +60,22 @@ def stream_command(
     frame_format: Annotated[
         str, typer.Option(help="How frames travel: png (lossless), jpeg or rgb24.")
     ] = "png",
+    whip: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish over WebRTC instead, to http://HOST:PORT/v1/whip (a VP8 track at the "
+            "input's frame rate; the alpha track comes back). Needs the webrtc extra."
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="With --whip: PTQ4VM_WHIP_TOKEN.")] = None,
 ) -> None:
     """Stream INPUT to a server and report fps, latency p50/p99 and drops."""
+    if (url is None) == (whip is None):
+        raise typer.BadParameter("give --url (WebSocket) or --whip (WebRTC), one of them")
+    if whip is not None:
+        _whip(input, whip, alpha_out, downsample, model, token)
+        return
+    assert url is not None
     with user_errors():
         if frame_format not in ("png", "jpeg", "rgb24"):
             raise ValueError(f"--frame-format must be png, jpeg or rgb24, got {frame_format!r}")
@@ -154,3 +170,41 @@ def _summary(outcome: _Outcome) -> str:
         f"latency p50 {ms[0]:.1f} ms p99 {ms[1]:.1f} ms, dropped {outcome.dropped}, "
         f"lost {outcome.lost}, errors {outcome.errors}"
     )
+
+
+def _whip(
+    input: Path,
+    url: str,
+    alpha_out: Path | None,
+    downsample: float | None,
+    model: str | None,
+    token: str | None,
+) -> None:
+    """`--whip`: the frames at the input's rate over WebRTC; the returned alpha written, a
+    frame that came back with none repeating the previous one."""
+    from ptq4vm_client.whip import WhipError, WhipPublisher
+
+    with user_errors():
+        info = probe(input)
+        publisher = WhipPublisher(
+            url, token=token, model=model, downsample_ratio=downsample, output="alpha"
+        )
+        try:
+            result = asyncio.run(publisher.run(iter_frames(input), fps=float(info.fps or 15.0)))
+        except WhipError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        if alpha_out is not None:
+            with open_writer(
+                alpha_out, "alpha", width=info.width, height=info.height, fps=info.fps
+            ) as writer:
+                previous = np.zeros((info.height, info.width), np.uint8)
+                for frame in result.frames:
+                    previous = frame if frame is not None else previous
+                    writer.write(previous)
+    outcome = _Outcome(
+        frames=result.sent, latencies_s=result.latencies_s, dropped=result.dropped,
+        model=result.stats[0]["model"] if result.stats else "", session=result.location,
+        seconds=result.seconds,
+    )  # fmt: skip
+    typer.echo(_summary(outcome))
