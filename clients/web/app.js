@@ -1,15 +1,18 @@
 // PTQ4VM browser client: camera (or a video file) -> mattes composited live over a blurred,
-// coloured or image background. No build step. Modes (DESIGN 4.5, `?mode=tab|server|auto`):
-// "server" sends JPEG frames over /v1/stream (DESIGN 4.3 / docs/server.md); "this tab" runs
-// the server's graph in onnxruntime-web (tab.js); "auto" picks between them (auto.js).
+// coloured or image background. No build step. Modes (DESIGN 4.5,
+// `?mode=tab|server|webrtc|auto`): "server" sends JPEG frames over /v1/stream (DESIGN 4.3 /
+// docs/server.md); "this tab" runs the server's graph in onnxruntime-web (tab.js); "webrtc"
+// publishes the camera over WHIP and shows the composite track the server returns
+// (webrtc.js); "auto" picks between the tab and the server (auto.js).
 // Test hooks: window.ptq4vmStats, window.ptq4vm and body[data-state].
 
 import { SceneCuts } from "./scene.js";
 import { AutoPolicy } from "./auto.js";
 import { exportRecording } from "./recording.js";
+import { backgroundParam, publish } from "./webrtc.js";
 
 const WINDOW = 2;             // frames in flight; the server drops older waiting frames anyway
-const MODES = ["server", "tab", "auto"];
+const MODES = ["server", "tab", "webrtc", "auto"];
 const params = new URLSearchParams(location.search);
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
@@ -51,6 +54,10 @@ let retry = 0;
 let matteTimes = [];
 let tab = null;               // TabMatter of the current run, when the tab mattes
 let auto = null;              // AutoPolicy while "auto" runs in the tab
+let closeWhip = null;         // ends the WebRTC session, in "webrtc" mode
+const returned = document.createElement("video");  // the track the server sends back
+returned.muted = true;
+returned.playsInline = true;
 const scenes = new SceneCuts();
 
 function setState(name, detail) {
@@ -214,7 +221,7 @@ function shown(startedAt, model) {
 }
 
 function showMode() {
-  const where = { tab: "this tab", server: "server" }[stats.mode] || "–";
+  const where = { tab: "this tab", server: "server", webrtc: "server (WebRTC)" }[stats.mode] || "–";
   $("mode-now").textContent = stats.requested === "auto" ? `${where} (auto)` : where;
   $("ratio-now").textContent = stats.mode === "tab" ? String(stats.downsample_ratio) : "server's";
   $("reason").textContent = stats.reason || "";
@@ -354,14 +361,58 @@ async function start() {
   $("stop").disabled = false;
   if (stats.requested === "server") {
     useServer(null);
+  } else if (stats.requested === "webrtc") {
+    useWebrtc();
   } else {
     auto = stats.requested === "auto" ? new AutoPolicy(targetFps(), serverRatio()) : null;
     useTab();
   }
 }
 
+// "webrtc": the camera (or the file, captured) published over WHIP; the composite comes back.
+async function useWebrtc() {
+  stats.mode = "webrtc";
+  stats.downsample_ratio = chosenRatio();
+  showMode();
+  setState("connecting");
+  const source = video.srcObject || video.captureStream();
+  const query = new URLSearchParams({ output: "composite" });
+  const choice = document.querySelector('input[name="background"]:checked').value;
+  query.set("background", await backgroundParam(choice, $("bg-colour").value, $("bg-image").files[0]));
+  if (chosenRatio() !== null) query.set("downsample_ratio", String(chosenRatio()));
+  if (chosenModel()) query.set("model", chosenModel());
+  try {
+    closeWhip = await publish({
+      track: source.getVideoTracks()[0],
+      url: new URL(`/v1/whip?${query}`, location.href).href,
+      onTrack: (stream) => {
+        returned.srcObject = stream;
+        returned.play().catch(() => {});
+        const draw = () => {
+          if (stats.mode !== "webrtc") return;
+          if (returned.videoWidth) out.drawImage(returned, 0, 0, output.width, output.height);
+          returned.requestVideoFrameCallback(draw);
+        };
+        returned.requestVideoFrameCallback(draw);
+        setState("streaming");
+      },
+      onStats: (obj) => {
+        state.dropped += obj.dropped.length;
+        // The server's receipt-to-matte time plus the way back is what the data channel knows.
+        shown(performance.now() - obj.latency_ms, obj.model);
+        stats.latency_ms = obj.latency_ms;
+      },
+      onEnd: (reason) => { if (running) { showError(`WebRTC session ended: ${reason}`); stop(); } },
+    });
+  } catch (err) {
+    showError(`WebRTC: ${err.message || err}`);
+    stop();
+  }
+}
+
 function stop() {
   running = false;
+  if (closeWhip) { closeWhip(); closeWhip = null; }
   tab = null;
   auto = null;
   stats.mode = null;

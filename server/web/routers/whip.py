@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, File, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from ptq4vm_core.engine import ModelNotFoundError
 from server.addresses import client_address, parse_networks
@@ -165,7 +166,11 @@ async def publish(
 
 @router.delete(
     "/v1/whip/{session}",
-    responses=errors({401: "No bearer token.", 403: "A wrong token.", 404: "No such session."}),
+    response_class=Response,
+    responses={
+        200: {"content": None, "description": "Ended."},
+        **errors({401: "No bearer token.", 403: "A wrong token.", 404: "No such session."}),
+    },
 )
 async def end(
     session: str,
@@ -192,9 +197,16 @@ def _load_background(data: bytes, settings: Settings) -> Background:
     return Background(image=rgb)
 
 
+class StoredBackground(BaseModel):
+    """An uploaded background: `background=<id>` on `POST /v1/whip`."""
+
+    id: str
+
+
 @router.post(
     "/v1/backgrounds",
     status_code=201,
+    response_model=StoredBackground,
     responses=errors(
         {
             403: BAD_ORIGIN,
@@ -208,7 +220,7 @@ async def add_background(
     image: Annotated[UploadFile, File(description="PNG or JPEG.")],
     services: ServicesDep,
     settings: SettingsDep,
-) -> dict[str, str]:
+) -> StoredBackground:
     """Store a background image for WHIP composites (`background=<id>`); the server keeps the
     16 most recently used."""
     data = await image.read(settings.max_image_bytes + 1)
@@ -221,4 +233,4 @@ async def add_background(
     except FrameError as exc:
         raise HTTPException(415, str(exc)) from None
     assert loaded.image is not None
-    return {"id": services.whip.backgrounds.add(loaded.image)}
+    return StoredBackground(id=services.whip.backgrounds.add(loaded.image))
