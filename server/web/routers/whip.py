@@ -169,7 +169,14 @@ async def publish(
     response_class=Response,
     responses={
         200: {"content": None, "description": "Ended."},
-        **errors({401: "No bearer token.", 403: "A wrong token.", 404: "No such session."}),
+        **errors(
+            {
+                401: "No bearer token.",
+                403: f"A wrong token. {BAD_ORIGIN}",
+                404: "No such session.",
+                422: "A malformed request.",
+            }
+        ),
     },
 )
 async def end(
@@ -212,6 +219,7 @@ class StoredBackground(BaseModel):
             403: BAD_ORIGIN,
             413: "Over PTQ4VM_MAX_IMAGE_BYTES or PTQ4VM_MAX_PIXELS.",
             415: "Not a PNG or JPEG that decodes.",
+            422: "No `image` part.",
             503: UPLOADS_BUSY,
         }
     ),
