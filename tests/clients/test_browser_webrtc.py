@@ -70,7 +70,9 @@ def test_webrtc_mode_shows_the_composite_the_server_sends_back(
     assert len(webrtc_server.services.whip) == 1
     shot = tmp_path / "composite.png"
     page.locator("#output").screenshot(path=str(shot))
-    image = cv2.imread(str(shot))[..., ::-1]  # RGB
+    bgr = cv2.imread(str(shot))
+    assert bgr is not None
+    image = bgr[..., ::-1]  # RGB
     corner = image[:12, :12].reshape(-1, 3).mean(axis=0)  # background in the sample clip
     assert corner[2] > 150, corner  # the server's composite over blue
     assert max(corner[0], corner[1]) < 90, corner
