@@ -186,6 +186,7 @@ class WhipPeer:
         self._channel: RTCDataChannel | None = None
         self._stamps: dict[int, tuple[int | None, Fraction | None]] = {}
         self._first_pts: int | None = None
+        self._emitted: int | None = None  # the timestamp of the last frame sent back
         self._last: NDArray[np.uint8] | None = None
         self._arrivals: collections.deque[float] = collections.deque()
         self._last_frame_at = time.monotonic()
@@ -356,17 +357,18 @@ class WhipPeer:
         if not isinstance(message, MatteMessage) or payload is None:
             return
         image = self._image(payload, message.width, message.height)
-        # One frame back per frame received: the dropped ones repeat the last matte.
-        for seq in sorted(message.dropped):
-            if self._last is None:
-                self._stamps.pop(seq, None)
-            else:
-                self._emit(self._last, seq)
         self._send(
             {"seq": message.seq, "latency_ms": message.server_ms, "dropped": message.dropped,
              "model": message.model, "t": self._time(message.seq)},
         )  # fmt: skip
-        self._emit(image, message.seq)
+        # One frame back per frame received, in timestamp order: a dropped frame older than
+        # this matte repeats the last one, a newer one (replaced while this ran) this one.
+        for seq in sorted([*message.dropped, message.seq]):
+            shown = image if seq >= message.seq else self._last
+            if shown is None:
+                self._stamps.pop(seq, None)
+            else:
+                self._emit(shown, seq)
         self._last = image
 
     def _time(self, seq: int) -> float | None:
@@ -385,14 +387,19 @@ class WhipPeer:
 
     def _emit(self, image: NDArray[np.uint8], seq: int) -> None:
         pts, time_base = self._stamps.pop(seq, (None, None))
-        if pts is None:
-            return
+        if pts is None or (self._emitted is not None and pts <= self._emitted):
+            return  # the encoder takes increasing timestamps only
+        self._emitted = pts
         frame = av.VideoFrame.from_ndarray(image, format="gray" if image.ndim == 2 else "rgb24")
         frame.pts, frame.time_base = pts, time_base
         self._track.put(frame)
 
     def backlog(self) -> int:
-        return self._track.backlog()
+        """What holds the session's next frame back: frames the encoder has not taken, once
+        they are half the queue (a matte and its repeats go out together; below that the
+        encoder is keeping up)."""
+        waiting = self._track.backlog()
+        return waiting if waiting >= MAX_OUT_QUEUE // 2 else 0
 
     def take_over(self) -> None:  # WHIP sessions are not resumed
         pass

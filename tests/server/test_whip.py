@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -236,3 +237,60 @@ def test_ptq4vm_stream_whip_writes_one_alpha_frame_per_input_frame(
     assert result.exit_code == 0, result.output
     assert "120 frames sent" in result.output
     assert probe(out).frame_count == 120
+
+
+def test_mattes_keep_coming_while_frames_are_dropped(
+    whip_server: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    """Frames faster than they are matted: the server drops some (latest-frame-wins), and the
+    returned track goes on to the end (frames replaced while a matte ran come back after it,
+    in timestamp order: the encoder takes no other)."""
+    big = [np.asarray(cv2.resize(f, (512, 288)), np.uint8) for f in clip_rgb]
+    frames = (big * 3)[:75]
+    result = asyncio.run(WhipPublisher(whip(whip_server), output="alpha").run(frames, fps=25))
+    assert result.dropped > 0
+    last = max(s["t"] for s in result.stats)
+    assert last >= 0.8 * len(frames) / 25, (last, len(result.stats))
+    first = round(min(s["t"] for s in result.stats) * 25)
+    back = sum(f is not None for f in result.frames[first:])
+    assert back >= 0.8 * (len(frames) - first), back
+
+
+def test_frames_go_back_in_timestamp_order() -> None:
+    """A matte whose message lists frames newer than it (replaced while it ran) sends them
+    after it: VP8 takes increasing timestamps only, and one out of order stops the track."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    from server.streaming.protocol import MatteMessage
+    from server.webrtc.peer import WhipPeer
+    from server.webrtc.render import Background
+
+    async def run() -> list[int | None]:
+        services: Any = SimpleNamespace(settings=SimpleNamespace(), metrics=None)
+        lease: Any = SimpleNamespace(release=lambda: None)
+        peer = WhipPeer(
+            services, lease, client="x", ratio=None, output="alpha", background=Background(),
+            configuration=None, on_end=lambda _: None,  # type: ignore[arg-type]
+        )  # fmt: skip
+        peer.phase = peer.phase.STREAMING
+        for seq in range(6):
+            peer._stamps[seq] = (1000 + 10 * seq, Fraction(1, 90000))
+        alpha = bytes(4)
+
+        def matte(seq: int, dropped: list[int]) -> MatteMessage:
+            return MatteMessage(
+                seq=seq, model="m", dropped=dropped, fresh=False, width=2, height=2,
+                format="raw", batch=1, queue_ms=0, decode_ms=0, infer_ms=0, encode_ms=0,
+                server_ms=1,
+            )  # fmt: skip
+
+        peer.deliver(matte(0, []), alpha)
+        peer.deliver(matte(2, [1, 3, 4]), alpha)  # 3 and 4 were replaced while 2 ran
+        peer.deliver(matte(5, []), alpha)
+        sent = []
+        while peer._track.backlog():
+            sent.append((await peer._track.recv()).pts)
+        return sent
+
+    assert asyncio.run(run()) == [1000, 1010, 1020, 1030, 1040, 1050]
