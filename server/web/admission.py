@@ -17,6 +17,7 @@ import ipaddress
 import logging
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -34,16 +35,21 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 def admin_refusal(settings: Settings, authorization: str | None) -> HTTPException | None:
     """Why an admin request is refused (404 admin off, 401 no bearer token, 403 wrong token),
     or None. The token is compared in constant time."""
-    token = settings.admin_token
-    if token is None:
+    if settings.admin_token is None:
         return HTTPException(404, "Not Found")
+    return bearer_refusal(settings.admin_token, authorization, "admin")
+
+
+def bearer_refusal(token: SecretStr, authorization: str | None, what: str) -> HTTPException | None:
+    """Why `Authorization` does not carry `token` (401 no bearer token, 403 another), or None;
+    compared in constant time. `what` names the routes in the message."""
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         return HTTPException(
-            401, "admin routes need Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+            401, f"{what} routes need Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
         )
     if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        return HTTPException(403, "wrong admin token")
+        return HTTPException(403, f"wrong {what} token")
     return None
 
 

@@ -294,3 +294,56 @@ def test_frames_go_back_in_timestamp_order() -> None:
         return sent
 
     assert asyncio.run(run()) == [1000, 1010, 1020, 1030, 1040, 1050]
+
+
+def test_whip_follows_the_per_address_and_detached_session_rules(
+    start_server: ServerFactory,
+) -> None:
+    """A detached WebSocket session gives its slot to a WHIP publisher (never keeps a live
+    client out), and an address's WHIP sessions count against its share."""
+    server = start_server(max_sessions=1, max_connections_per_client=1, whip_connect_timeout_s=30)
+    stream = Stream(server.ws, input="rgb24").__enter__()
+    assert stream.started["type"] == "started"
+    stream.vanish()  # detached, resumable, holding the only slot
+    deadline = time.monotonic() + 10
+    while server.services.sessions.attached() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = post(server, asyncio.run(offer()))
+    assert held.status_code == 201, held.text  # the detached session was evicted for it
+    again = post(server, asyncio.run(offer()))
+    assert again.status_code == 429  # this address's one connection is the WHIP session
+    assert "PTQ4VM_MAX_CONNECTIONS_PER_CLIENT" in again.text
+    httpx.delete(server.http + held.headers["location"], timeout=10)
+
+
+def test_a_background_image_by_id(
+    whip_server: RunningServer, clip_rgb: list[NDArray[np.uint8]]
+) -> None:
+    red = np.zeros((60, 80, 3), np.uint8)
+    red[..., 2] = 255  # BGR
+    ok, png = cv2.imencode(".png", red)
+    assert ok
+    stored = httpx.post(
+        f"{whip_server.http}/v1/backgrounds",
+        files={"image": ("bg.png", png.tobytes(), "image/png")},
+        timeout=30,
+    )
+    assert stored.status_code == 201, stored.text
+    image_id = stored.json()["id"]
+    assert "/" not in image_id
+    bad = httpx.post(
+        f"{whip_server.http}/v1/backgrounds", files={"image": ("x.png", b"nope")}, timeout=30
+    )
+    assert bad.status_code == 415
+    assert post(whip_server, "v=0\r\n").status_code in (400, 422)
+    unknown = httpx.post(
+        f"{whip(whip_server)}?background=no-such-id", content=asyncio.run(offer()),
+        headers=SDP, timeout=30,
+    )  # fmt: skip
+    assert unknown.status_code == 422
+    publisher = WhipPublisher(whip(whip_server), background=image_id)
+    result = asyncio.run(publisher.run(clip_rgb[:12], fps=10))
+    frame = next(f for f in reversed(result.frames) if f is not None)
+    corner = frame[:10, :10].reshape(-1, 3).mean(axis=0)
+    assert corner[0] > 150, corner
+    assert max(corner[1], corner[2]) < 80, corner

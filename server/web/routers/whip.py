@@ -10,7 +10,6 @@ parsed."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Annotated
 
 import cv2
@@ -26,6 +25,7 @@ from server.models.registry import ModelUnavailableError
 from server.services import Services, media_limits
 from server.settings import Settings
 from server.streaming.codec import FrameError, decode_image
+from server.web.admission import bearer_refusal
 from server.web.deps import ServicesDep, SettingsDep
 from server.web.responses import BAD_ORIGIN, UPLOADS_BUSY, errors
 from server.webrtc.peer import PeerError
@@ -38,16 +38,10 @@ SDP = "application/sdp"
 
 
 def _check_token(settings: Settings, authorization: str | None) -> None:
-    token = settings.whip_token
-    if token is None:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise HTTPException(
-            401, "WHIP needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "wrong WHIP token")
+    if settings.whip_token is not None:
+        refusal = bearer_refusal(settings.whip_token, authorization, "WHIP")
+        if refusal is not None:
+            raise refusal
 
 
 async def _read_offer(request: Request, limit: int) -> str:
