@@ -27,7 +27,7 @@ from server.settings import Settings
 from server.streaming.codec import FrameError, decode_image
 from server.web.admission import bearer_refusal
 from server.web.deps import ServicesDep, SettingsDep
-from server.web.responses import BAD_ORIGIN, UPLOADS_BUSY, errors
+from server.web.responses import BAD_ORIGIN, MALFORMED_UPLOAD, UPLOADS_BUSY, errors
 from server.webrtc.peer import PeerError
 from server.webrtc.peers import BACKGROUND_MAX_SIDE
 from server.webrtc.render import OUTPUTS, Background, Output
@@ -210,6 +210,7 @@ class StoredBackground(BaseModel):
     response_model=StoredBackground,
     responses=errors(
         {
+            400: MALFORMED_UPLOAD,
             403: BAD_ORIGIN,
             413: "Over PTQ4VM_MAX_IMAGE_BYTES or PTQ4VM_MAX_PIXELS.",
             415: "Not a PNG or JPEG that decodes.",
