@@ -3,11 +3,12 @@
 // `?mode=tab|server|webrtc|auto`): "server" sends JPEG frames over /v1/stream (DESIGN 4.3 /
 // docs/server.md); "this tab" runs the server's graph in onnxruntime-web (tab.js); "webrtc"
 // publishes the camera over WHIP and shows the composite track the server returns
-// (webrtc.js); "auto" picks between the tab and the server (auto.js).
+// (webrtc.js); "auto" picks between the tab and the server. In the tab, plan.js picks the
+// backend, graph and downsample ratio from what this device measured.
 // Test hooks: window.ptq4vmStats, window.ptq4vm and body[data-state].
 
 import { SceneCuts } from "./scene.js";
-import { AutoPolicy } from "./auto.js";
+import { TabPlan, ratioLadder } from "./plan.js";
 import { exportRecording } from "./recording.js";
 import { backgroundParam, publish } from "./webrtc.js";
 
@@ -34,11 +35,13 @@ const state = {
 window.ptq4vm = state;
 // The figures the page shows, for tests (DESIGN 4.5): `mode` is where frames are matted now
 // ("tab" or "server"; null when stopped), `requested` what was chosen, `frames` the mattes
-// shown since Start, `downsample_ratio` the tab's (null: the server's own choice).
+// shown since Start, `downsample_ratio` the tab's (null: the server's own choice); `backend`,
+// `plan` and `measured` say what the tab runs on and what it measured (docs/browser.md).
 const stats = {
   mode: null, frames: 0, fps: 0, latency_ms: null, model: null,
   requested: MODES.includes(params.get("mode")) ? params.get("mode") : "server",
   downsample_ratio: null, reason: null, threads: null,
+  backend: null, backend_reason: null, plan: null, measured: [], target_fps: null,
 };
 window.ptq4vmStats = stats;
 // Simulates a network failure (a close the server did not ask for): for tests and demos.
@@ -53,7 +56,7 @@ let bgImage = null;
 let retry = 0;
 let matteTimes = [];
 let tab = null;               // TabMatter of the current run, when the tab mattes
-let auto = null;              // AutoPolicy while "auto" runs in the tab
+let plan = null;              // its TabPlan: what it runs with, from what it measured
 let closeWhip = null;         // ends the WebRTC session, in "webrtc" mode
 const returned = document.createElement("video");  // the track the server sends back
 returned.muted = true;
@@ -224,6 +227,7 @@ function showMode() {
   const where = { tab: "this tab", server: "server", webrtc: "server (WebRTC)" }[stats.mode] || "–";
   $("mode-now").textContent = stats.requested === "auto" ? `${where} (auto)` : where;
   $("ratio-now").textContent = stats.mode === "tab" ? String(stats.downsample_ratio) : "server's";
+  $("backend-now").textContent = stats.mode === "tab" ? `${stats.backend} (${stats.plan})` : "–";
   $("reason").textContent = stats.reason || "";
 }
 
@@ -242,26 +246,45 @@ function serverRatio() {
 // "server" from here on: the tab loop ends at its next frame, the WebSocket takes over.
 function useServer(reason) {
   tab = null;
-  auto = null;
+  plan = null;
   stats.mode = "server";
   stats.downsample_ratio = null;
+  stats.backend = null;
   stats.reason = reason;
   showMode();
   connect();
 }
 
+// The tab's candidates: each backend this browser offers x the chosen model (or the active
+// version and fp32: the int8 graph is not always the faster one in WebAssembly).
 async function useTab() {
   stats.mode = "tab";
   setState("loading", "the model for this tab");
   try {
-    const { TabMatter } = await import("./tab.js");
-    const version = chosenModel() || (await (await fetch("/v1/models")).json()).active;
-    tab = new TabMatter(version);
-    stats.threads = tab.threads;
-    stats.downsample_ratio = auto ? auto.ratio : serverRatio();
-    await tab.session(stats.downsample_ratio);
+    const { TabMatter, chooseBackends } = await import("./tab.js");
+    const offered = await chooseBackends(params.get("backend"));
+    const active = chosenModel() || (await (await fetch("/v1/models")).json()).active;
+    const models = chosenModel() || active === "fp32" ? [active] : [active, "fp32"];
+    tab = await TabMatter.load(offered.backends);
+    plan = new TabPlan({
+      candidates: offered.backends.flatMap((backend) => models.map((model) => ({ backend, model }))),
+      ratios: ratioLadder(chosenRatio(), serverRatio()),
+      target: targetFps(),
+      fallback: stats.requested === "auto",
+    });
+    Object.assign(stats, {
+      threads: tab.threads, backend_reason: offered.why, target_fps: plan.target, measured: [],
+    });
+    for (;;) {   // the first candidate's session, before the stream shows: a failed one is dropped
+      const choice = plan.current();
+      try { await tab.session(choice); break; } catch (err) {
+        if (plan.onFailure(choice, err) === "server") throw err;
+      }
+    }
+    showPlan(plan.current());
   } catch (err) {
     tab = null;
+    plan = null;
     if (stats.requested === "auto" && running) { useServer(`this tab cannot matte: ${err.message || err}`); return; }
     showError(`this tab cannot matte: ${err.message || err}`);
     setState("disconnected", "tab failed");
@@ -270,46 +293,57 @@ async function useTab() {
   if (!running) return;
   scenes.forget();
   setState("streaming", "this tab");
-  showMode();
-  tabLoop(tab);
+  tabLoop(tab, plan);
 }
 
-// Frames paced to the target rate (never faster; no queue: each run takes the current frame).
-async function tabLoop(matter) {
+function showPlan(choice) {
+  Object.assign(stats, {
+    downsample_ratio: choice.ratio, backend: choice.backend, plan: plan.phase,
+    reason: plan.reason, measured: plan.measured.map((m) => ({ ...m })),
+  });
+  showMode();
+}
+
+// One frame after another, the plan's choice for each; paced to the target rate once settled
+// (never faster; no queue: each run takes the current frame), unpaced while measuring.
+async function tabLoop(matter, steps) {
   const limit = Number(params.get("record")) || 0;
   state.recording = limit ? { width: state.width, height: state.height, frames: [] } : null;
   let next = performance.now();
   while (running && tab === matter) {
     const startedAt = performance.now();
+    const choice = steps.current();
     cap.drawImage(video, 0, 0, state.width, state.height);
     const reset = scenes.isCut(capture);
     if (reset) { matter.reset(); state.resets += 1; }
     const image = cap.getImageData(0, 0, state.width, state.height);
-    const ratio = stats.downsample_ratio;
-    let alpha;
+    let alpha = null;
+    let verdict;
     try {
-      alpha = await matter.matte(image, ratio);
+      alpha = await matter.matte(image, choice);
     } catch (err) {
       if (tab !== matter) return;
-      if (stats.requested === "auto") { useServer(`this tab failed: ${err.message || err}`); return; }
-      showError(`this tab failed: ${err.message || err}`);
+      verdict = steps.onFailure(choice, err);
+      showError(`this tab could not run ${choice.model} on ${choice.backend}: ${err.message || err}`);
+    }
+    if (!running || tab !== matter) return;
+    if (alpha) {
+      if (state.recording && state.recording.frames.length < limit) {
+        state.recording.frames.push({ rgba: image.data, alpha, reset, ...choice });
+      }
+      composite(capture, alpha, state.width, state.height);
+      shown(startedAt, choice.model);
+      verdict = steps.onFrame(performance.now() - startedAt, performance.now());
+    }
+    showPlan(choice);
+    if (verdict === "server") {
+      if (stats.requested === "auto") { useServer(steps.reason); return; }
+      showError(steps.reason);
       setState("disconnected", "tab failed");
       return;
     }
-    if (!running || tab !== matter) return;
-    if (state.recording && state.recording.frames.length < limit) {
-      state.recording.frames.push({ rgba: image.data, alpha, reset, ratio });
-    }
-    composite(capture, alpha, state.width, state.height);
-    shown(startedAt, matter.version);
-    if (auto) {
-      const verdict = auto.onMatte(performance.now());
-      stats.reason = auto.reason;
-      if (verdict === "server") { useServer(auto.reason); return; }
-      if (auto.ratio !== stats.downsample_ratio) stats.downsample_ratio = auto.ratio;
-      showMode();
-    }
-    next = Math.max(next + 1000 / targetFps(), performance.now());
+    const paced = steps.phase === "settled";
+    next = paced ? Math.max(next + 1000 / targetFps(), performance.now()) : performance.now();
     await new Promise((r) => setTimeout(r, next - performance.now()));
   }
 }
@@ -364,7 +398,6 @@ async function start() {
   } else if (stats.requested === "webrtc") {
     useWebrtc();
   } else {
-    auto = stats.requested === "auto" ? new AutoPolicy(targetFps(), serverRatio()) : null;
     useTab();
   }
 }
@@ -414,7 +447,7 @@ function stop() {
   running = false;
   if (closeWhip) { closeWhip(); closeWhip = null; }
   tab = null;
-  auto = null;
+  plan = null;
   stats.mode = null;
   showMode();
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));

@@ -1,6 +1,6 @@
 // A tab-mode recording (`?record=N`: the first N frames as the tab matted them) in a form a
 // test can read: base64 RGB (W*H*3) and alpha (W*H) planes per frame, with the frame's reset
-// flag (a scene cut zeroed the state first) and downsample ratio.
+// flag (a scene cut zeroed the state first), downsample ratio, model and backend.
 
 function base64(bytes) {
   let text = "";
@@ -25,6 +25,7 @@ export function exportRecording(recording) {
     height: recording.height,
     frames: recording.frames.map((f) => ({
       rgb: base64(rgbOf(f.rgba)), alpha: base64(f.alpha), reset: f.reset, ratio: f.ratio,
+      model: f.model, backend: f.backend,
     })),
   };
 }
