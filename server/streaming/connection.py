@@ -298,7 +298,7 @@ class Connection:
         if not sessions.has_room():  # filled while the model loaded
             lease.release()
             raise self._at_capacity()
-        ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+        ratio = resolve_downsample_ratio(start.fixed_ratio, start.width, start.height)
         await self._compile_shape(lease, start, ratio)
         proposed = self.proposed_id
         if proposed is not None and sessions.get(proposed) is not None:

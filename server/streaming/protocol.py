@@ -48,8 +48,16 @@ class StartMessage(BaseModel):
     height: Annotated[int, Field(gt=0)]
     input: InputFormat = "jpeg"
     output: OutputFormat = "alpha_png"
-    downsample_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    # A ratio, null (the server's choice for the size), or "adaptive": from the server's choice
+    # down while frames cost more than `target_fps` allows (server.streaming.adaptive).
+    downsample_ratio: Annotated[float, Field(gt=0, le=1)] | Literal["adaptive"] | None = None
     model: str | None = None
+    target_fps: Annotated[float, Field(gt=0, le=120)] | None = None
+
+    @property
+    def fixed_ratio(self) -> float | None:
+        """The ratio asked for, None for the server's choice (also where adaptive starts)."""
+        return None if self.downsample_ratio == "adaptive" else self.downsample_ratio
 
 
 class ResetMessage(BaseModel):
@@ -100,6 +108,7 @@ class StartedMessage(_Outgoing):
     model: str
     engine: str
     downsample_ratio: float
+    adaptive: bool = False
     width: int
     height: int
     input: InputFormat
@@ -123,6 +132,7 @@ class MatteMessage(_Outgoing):
     width: int
     height: int
     format: Literal["png", "raw"]
+    downsample_ratio: float
     batch: int
     queue_ms: float
     decode_ms: float
@@ -292,7 +302,7 @@ def parse_start(obj: dict[str, Any], max_side: int, max_pixels: int | None = Non
             "(PTQ4VM_MAX_PIXELS)",
             Close.POLICY,
         )
-    ratio = resolve_downsample_ratio(start.downsample_ratio, start.width, start.height)
+    ratio = resolve_downsample_ratio(start.fixed_ratio, start.width, start.height)
     problem = network_size_error(start.width, start.height, ratio)
     if problem is not None:
         raise ProtocolError("bad_start", problem, Close.POLICY)

@@ -25,6 +25,7 @@ from ptq4vm_core.engine.base import EngineState, Float32Array
 from server.inference.scheduler import Done, Scheduler, Work
 from server.metrics import Metrics
 from server.models.registry import ModelLease
+from server.streaming.adaptive import AdaptiveRatio, ratio_ladder
 from server.streaming.codec import check_raw_size, decode_frame, encode_alpha, to_batch
 from server.streaming.protocol import (
     MatteMessage,
@@ -89,6 +90,11 @@ class Session:
         self.client = client
         self.start = start
         self.ratio = ratio
+        self.adaptive = (
+            AdaptiveRatio(ratio_ladder(ratio, start.width, start.height), start.target_fps)
+            if start.downsample_ratio == "adaptive"
+            else None
+        )
         self.lease = lease
         # A session that named no model follows the active version at each reset.
         self.follows_active = start.model is None
@@ -120,6 +126,7 @@ class Session:
             model=self.version,
             engine=self.lease.engine.name,
             downsample_ratio=self.ratio,
+            adaptive=self.adaptive is not None,
             width=self.start.width,
             height=self.start.height,
             input=self.start.input,
@@ -168,6 +175,7 @@ class Session:
             work.state = None
             work.tag.generation = self.generation
             work.engine, work.model = self.lease.engine, self.lease.version
+            work.ratio = self.ratio
         if self._pending is not None:
             self._pending[0].generation = self.generation
 
@@ -240,6 +248,7 @@ class Session:
         tag: _Tag = work.tag
         if tag.generation == self.generation:
             self.state = done.state
+            self._adapt(work, done)
         self.matted += 1
         dropped, self._dropped = self._dropped, []
         message = MatteMessage(
@@ -250,6 +259,7 @@ class Session:
             width=self.start.width,
             height=self.start.height,
             format="png" if self.start.output == "alpha_png" else "raw",
+            downsample_ratio=work.ratio,
             batch=done.batch,
             queue_ms=round(done.queue_s * 1e3, 3),
             decode_ms=round(done.decode_s * 1e3, 3),
@@ -258,6 +268,17 @@ class Session:
             server_ms=round((time.monotonic() - tag.received_at) * 1e3, 3),
         )
         self._send(message, done.payload)
+
+    def _adapt(self, work: Work, done: Done) -> None:
+        """An adaptive session's frame cost, observed; a new ratio zeroes the state (its
+        sizes follow the network's resolution), so the next frame says `fresh`."""
+        if self.adaptive is None or work.ratio != self.ratio:
+            return
+        ratio = self.adaptive.observe((done.decode_s + done.infer_s + done.encode_s) * 1e3)
+        if ratio is not None:
+            logger.info("session %s: ratio %g -> %g (adaptive)", self.id, self.ratio, ratio)
+            self.ratio = ratio
+            self.reset()
 
     def _send(self, message: ServerMessage, payload: bytes | None = None) -> None:
         if self.outbox is not None:

@@ -382,3 +382,39 @@ def test_webgpu_where_there_is_an_adapter_else_wasm(
     chosen = page.evaluate(CHOOSE, [wanted, gpu])
     assert chosen["backends"] == backends
     assert why in chosen["why"]
+
+
+WEBGPU_BUILD = """
+async (version) => {
+  const { TabMatter } = await import("/tab.js");
+  const matter = await TabMatter.load(["webgpu", "wasm"]);
+  const image = new ImageData(64, 48);
+  image.data.fill(128);
+  const alpha = await matter.matte(image, { backend: "wasm", model: version, ratio: 0.5 });
+  let webgpu;
+  try {
+    await matter.session({ backend: "webgpu", model: version, ratio: 0.5 });
+    webgpu = "created";
+  } catch (err) {
+    webgpu = String(err.message || err);
+  }
+  const adapter = !!(await navigator.gpu?.requestAdapter());
+  return { pixels: alpha.length, webgpu, adapter };
+}
+"""
+
+
+def test_the_webgpu_build_loads_and_runs_wasm_beside_it(
+    tab_server: RunningServer, page: Any
+) -> None:
+    """The vendored WebGPU build (what a browser with a GPU loads) imports, mattes with its
+    WASM provider, and its WebGPU session is created only where there is an adapter: here,
+    without one, it fails with an error the plan drops the candidate for."""
+    page.goto(f"{tab_server.http}/")
+    run = page.evaluate(WEBGPU_BUILD, VERSION)
+    assert run["pixels"] == 64 * 48
+    if run["adapter"]:
+        assert run["webgpu"] == "created"
+    else:
+        assert run["webgpu"] != "created", run
+        assert run["webgpu"], run

@@ -281,7 +281,8 @@ def test_frames_go_back_in_timestamp_order() -> None:
         def matte(seq: int, dropped: list[int]) -> MatteMessage:
             return MatteMessage(
                 seq=seq, model="m", dropped=dropped, fresh=False, width=2, height=2,
-                format="raw", batch=1, queue_ms=0, decode_ms=0, infer_ms=0, encode_ms=0,
+                format="raw", downsample_ratio=1.0, batch=1, queue_ms=0, decode_ms=0,
+                infer_ms=0, encode_ms=0,
                 server_ms=1,
             )  # fmt: skip
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import numpy as np
@@ -63,6 +63,8 @@ class AsyncStream:
     Frames are `[height,width,3]` uint8 RGB arrays (encoded as `input`) or bytes already in the
     `input` format. `window=1` is lockstep: no frame is ever dropped by the server.
     `session=ID` resumes an existing session instead of starting one.
+    `downsample_ratio="adaptive"` lets the server lower the ratio while a frame costs it more
+    than `target_fps` (default 15) allows; each matte's `info["downsample_ratio"]` says which.
     """
 
     def __init__(
@@ -73,8 +75,9 @@ class AsyncStream:
         height: int,
         input: InputFormat = "jpeg",
         output: OutputFormat = "alpha_png",
-        downsample_ratio: float | None = None,
+        downsample_ratio: float | Literal["adaptive"] | None = None,
         model: str | None = None,
+        target_fps: float | None = None,
         window: int = 1,
         auto_resume: bool = True,
         resume_attempts: int = 5,
@@ -93,8 +96,11 @@ class AsyncStream:
             raise ValueError(f"output must be one of {OUTPUT_FORMATS}, got {output!r}")
         if window < 1:
             raise ValueError(f"window must be at least 1 frame in flight, got {window}")
-        if downsample_ratio is not None and not 0 < downsample_ratio <= 1:
-            raise ValueError(f"downsample_ratio must be in (0, 1], got {downsample_ratio}")
+        fixed = None if downsample_ratio == "adaptive" else downsample_ratio
+        if fixed is not None and not 0 < fixed <= 1:
+            raise ValueError(
+                f"downsample_ratio must be in (0, 1] or 'adaptive', got {downsample_ratio!r}"
+            )
         self.url = url
         self.width, self.height = width, height
         self.input: InputFormat = input
@@ -114,6 +120,7 @@ class AsyncStream:
             "output": output,
             "downsample_ratio": downsample_ratio,
             "model": model,
+            **({"target_fps": target_fps} if target_fps is not None else {}),
         }
         self._resume_id = session
         self._ws: ClientConnection | None = None

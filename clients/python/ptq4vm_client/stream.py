@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -58,8 +58,9 @@ class Stream:
         height: int,
         input: InputFormat = "jpeg",
         output: OutputFormat = "alpha_png",
-        downsample_ratio: float | None = None,
+        downsample_ratio: float | Literal["adaptive"] | None = None,
         model: str | None = None,
+        target_fps: float | None = None,
         window: int = 1,
         auto_resume: bool = True,
         resume_attempts: int = 5,
@@ -78,6 +79,7 @@ class Stream:
                 input=input,
                 output=output,
                 downsample_ratio=downsample_ratio,
+                target_fps=target_fps,
                 model=model,
                 window=window,
                 auto_resume=auto_resume,
