@@ -42,6 +42,7 @@ const stats = {
   requested: MODES.includes(params.get("mode")) ? params.get("mode") : "server",
   downsample_ratio: null, reason: null, threads: null,
   backend: null, backend_reason: null, plan: null, measured: [], target_fps: null,
+  matte_ms: null,
 };
 window.ptq4vmStats = stats;
 // Simulates a network failure (a close the server did not ask for): for tests and demos.
@@ -305,7 +306,8 @@ function showPlan(choice) {
 }
 
 // One frame after another, the plan's choice for each; paced to the target rate once settled
-// (never faster; no queue: each run takes the current frame), unpaced while measuring.
+// (never faster on average; no queue: each run takes the current frame), unpaced while
+// measuring.
 async function tabLoop(matter, steps) {
   const limit = Number(params.get("record")) || 0;
   state.recording = limit ? { width: state.width, height: state.height, frames: [] } : null;
@@ -320,7 +322,9 @@ async function tabLoop(matter, steps) {
     let alpha = null;
     let verdict;
     try {
+      const matteAt = performance.now();
       alpha = await matter.matte(image, choice);
+      stats.matte_ms = performance.now() - matteAt;
     } catch (err) {
       if (tab !== matter) return;
       verdict = steps.onFailure(choice, err);
@@ -342,9 +346,12 @@ async function tabLoop(matter, steps) {
       setState("disconnected", "tab failed");
       return;
     }
-    const paced = steps.phase === "settled";
-    next = paced ? Math.max(next + 1000 / targetFps(), performance.now()) : performance.now();
-    await new Promise((r) => setTimeout(r, next - performance.now()));
+    // Settled: frames on a fixed schedule, a late one made up by the next (a frame over one
+    // interval behind starts the schedule afresh); measuring: no wait.
+    const interval = 1000 / targetFps();
+    next = steps.phase === "settled" ? next + interval : performance.now();
+    if (performance.now() - next > interval) next = performance.now();
+    await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())));
   }
 }
 

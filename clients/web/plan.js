@@ -5,8 +5,9 @@
 // WARM_FRAMES untimed frames at the ratio (the first runs at a shape compile and allocate)
 // and PROBE_FRAMES timed ones (their median counts);
 // a frame's time is the whole loop (grab, matte, composite). The first ratio where the fastest
-// candidate keeps up is the plan: its frame time within HEADROOM of the frame interval (a paced
-// loop never catches up on a late frame, so a median just under the interval falls behind). A ratio whose time, predicted
+// candidate keeps up is the plan: its frame time within HEADROOM of the frame interval (room
+// for the frames slower than the median; the paced loop makes up for a late frame with the
+// early ones, up to one interval behind). A ratio whose time, predicted
 // from the one above (RVM's backbone scales with the pixels: ratio squared; the refiner at full
 // resolution only adds to it), is over SKIP_MARGIN times the budget is passed over unmeasured:
 // it could not be chosen anyway. No ratio keeps up: "auto" hands over to the server; "tab"
@@ -18,7 +19,7 @@
 export const RATIOS = [1, 0.75, 0.5, 0.375, 0.25];
 export const WARM_FRAMES = 2;
 export const PROBE_FRAMES = 3;
-export const HEADROOM = 0.8;
+export const HEADROOM = 0.85;
 export const KEEP_UP = 0.9;
 export const BEHIND_MS = 3000;
 export const SKIP_MARGIN = 1.5;
