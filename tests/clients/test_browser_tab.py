@@ -75,7 +75,10 @@ def conference_camera(
     clip_rgb: list[NDArray[np.uint8]], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """The clip at a conferencing size, 512x288, as a user's camera gives it."""
-    frames = [cv2.resize(f, CONFERENCE_SIZE, interpolation=cv2.INTER_LINEAR) for f in clip_rgb]
+    frames = [
+        np.asarray(cv2.resize(f, CONFERENCE_SIZE, interpolation=cv2.INTER_LINEAR), np.uint8)
+        for f in clip_rgb
+    ]
     return write_y4m(frames, tmp_path_factory.mktemp("camera") / "conference.y4m")
 
 

@@ -66,11 +66,13 @@ def test_a_session_that_keeps_up_keeps_its_ratio(
 def test_a_bad_adaptive_start_is_refused(server: RunningServer, fields: dict[str, object]) -> None:
     with pytest.raises((StreamError, ConnectionClosed)) as caught, server.stream(**fields) as s:
         s.recv_json()
-    if isinstance(caught.value, StreamError):
-        assert caught.value.message["code"] == "bad_start"
+    error = caught.value
+    if isinstance(error, StreamError):
+        assert error.message["code"] == "bad_start"
     else:
-        assert caught.value.rcvd is not None
-        assert caught.value.rcvd.code == 1008
+        assert isinstance(error, ConnectionClosed)
+        assert error.rcvd is not None
+        assert error.rcvd.code == 1008
 
 
 def observe(rule: AdaptiveRatio, ms: float, frames: int) -> list[float | None]:
