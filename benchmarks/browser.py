@@ -58,7 +58,7 @@ from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.paths import cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import engine_bench, run_header
+from stream import engine_bench, run_header, write_report
 
 WEB = Path(__file__).resolve().parents[1] / "clients" / "web"
 W8A8_VERSION = "bench-w8a8"
@@ -477,10 +477,7 @@ def main() -> None:
         "adaptive": adaptive,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report))
-    print(render(report))
+    write_report(args.out, report, render(report))
 
 
 if __name__ == "__main__":

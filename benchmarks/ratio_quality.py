@@ -45,7 +45,7 @@ from ptq4vm_core.paths import cache_root
 from ptq4vm_core.pipeline import matte_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import run_header
+from stream import run_header, write_report
 
 METRICS = ("MAD", "MSE", "dtSSD")
 
@@ -156,10 +156,7 @@ def main() -> None:
         "frames": sum(1 for _ in (clips[0] / "pha").iterdir()),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report))
-    print(render(report))
+    write_report(args.out, report, render(report))
 
 
 if __name__ == "__main__":

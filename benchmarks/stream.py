@@ -237,6 +237,14 @@ def run_header(script: str) -> dict[str, str]:
     }
 
 
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """`out`.json (the report) and `out`.md (its markdown), and the markdown on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def engine_bench(
     model: str,
     size: str,
