@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from enum import StrEnum
 from typing import Generic, NamedTuple, Protocol, runtime_checkable
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from typing_extensions import TypeVar
+
+from ptq4vm_core.model.matting import check_downsample_ratio
 
 Float32Array = NDArray[np.float32]
 StateArray = Float32Array | torch.Tensor
@@ -81,6 +84,31 @@ class Engine(Protocol[S]):
         the same frame size; a size change needs a new stream. `alpha_only`: the caller
         needs no foreground; an engine may then skip computing it (fgr None) or not."""
         ...
+
+
+Output = EngineOutput[EngineState]
+MaybeState = EngineState | None
+
+
+class StepEngine(ABC):
+    """What the engines of this package share: `infer` checks the ratio and takes `src` as
+    C-contiguous float32, then the engine's `step` runs the frame(s)."""
+
+    def infer(
+        self,
+        src: Float32Array,
+        state: EngineState | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> EngineOutput[EngineState]:
+        """As `Engine.infer`."""
+        ratio = check_downsample_ratio(downsample_ratio)
+        return self.step(np.ascontiguousarray(src, dtype=np.float32), state, ratio, alpha_only)
+
+    @abstractmethod
+    def step(self, src: Float32Array, state: MaybeState, ratio: float, alpha_only: bool) -> Output:
+        """`infer`, its ratio checked and `src` contiguous float32."""
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.base import Float32Array, MaybeState, Output, StepEngine
 from ptq4vm_core.engine.cache import optimized_path
 from ptq4vm_core.engine.export.build import ExportedGraphs
 from ptq4vm_core.engine.ort_engine import (
@@ -15,12 +15,11 @@ from ptq4vm_core.engine.ort_engine import (
     default_providers,
     hardware_tag,
 )
-from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
 
 
-class QuantizedOrtEngine:
+class QuantizedOrtEngine(StepEngine):
     """Runs an artifact on ONNX Runtime's int8 kernels (CPU; CUDA first where available).
 
     It takes the artifact's export (`cache.cached_export`), as OpenVINO does; the ratio-1 graph is
@@ -70,13 +69,5 @@ class QuantizedOrtEngine:
                 logger.debug("session for %s in %.2f s", graph.name, time.monotonic() - started)
             return self._engines[full_resolution]
 
-    def infer(
-        self,
-        src: Float32Array,
-        state: EngineState | None,
-        downsample_ratio: float,
-        *,
-        alpha_only: bool = False,
-    ) -> EngineOutput[EngineState]:
-        ratio = check_downsample_ratio(downsample_ratio)
+    def step(self, src: Float32Array, state: MaybeState, ratio: float, alpha_only: bool) -> Output:
         return self.engine(ratio == 1.0).infer(src, state, ratio, alpha_only=alpha_only)

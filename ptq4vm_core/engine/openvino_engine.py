@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ptq4vm_core.engine.base import Engine, EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array, MaybeState, Output, StepEngine
 from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -176,7 +176,7 @@ def prune_cache(directory: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(StepEngine):
     """Runs an ONNX graph with RVM's signature on OpenVINO's CPU plugin. Keeps no per-stream
     data.
 
@@ -198,11 +198,11 @@ class OpenVinoEngine:
         threads: int | None = None,
         cache_dir: Path | None = None,
         root: Path | None = None,
-        fallback: Callable[[], Engine] | None = None,
+        fallback: Callable[[], StepEngine] | None = None,
     ) -> None:
         self._core = openvino_core()
         self._fallback_factory = fallback
-        self._fallback: Engine | None = None
+        self._fallback: StepEngine | None = None
         self._refused: set[ShapeKey] = set()
         self._graphs = {k: Path(v) for k, v in graphs.items()}
         self._name = name
@@ -260,7 +260,7 @@ class OpenVinoEngine:
                 prune_cache(self.cache_dir, MAX_CACHED_BLOBS)
             return found
 
-    def _runner(self, key: ShapeKey) -> Compiled | Engine:
+    def _runner(self, key: ShapeKey) -> Compiled | StepEngine:
         """The compiled model for `key`, or the fallback engine where OpenVINO refuses it."""
         if key not in self._refused:
             try:
@@ -302,16 +302,7 @@ class OpenVinoEngine:
         self._runner(key)
         return time.monotonic() - started
 
-    def infer(
-        self,
-        src: Float32Array,
-        state: EngineState | None,
-        downsample_ratio: float,
-        *,
-        alpha_only: bool = False,
-    ) -> EngineOutput[EngineState]:
-        ratio = check_downsample_ratio(downsample_ratio)
-        src = np.ascontiguousarray(src, dtype=np.float32)
+    def step(self, src: Float32Array, state: MaybeState, ratio: float, alpha_only: bool) -> Output:
         if src.ndim != 4 or src.shape[1] != 3:
             raise ValueError(f"src must be [B,3,H,W], got {list(src.shape)}")
         batch, _, height, width = src.shape
@@ -337,7 +328,7 @@ class OpenVinoEngine:
             pha, r1, r2, r3, r4 = (
                 request.get_tensor(name).data.copy() for name in ("pha", *STATE_OUTPUTS)
             )
-        return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))
+        return Output(fgr, pha, EngineState(r1, r2, r3, r4))
 
 
 def openvino_version() -> str:

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array, MaybeState, Output, StepEngine
 from ptq4vm_core.engine.cpu import cpu_flags
 from ptq4vm_core.engine.runtime import BUDGET, OUTPUTS, STATE_INPUTS, default_threads
 from ptq4vm_core.files import atomic_path
-from ptq4vm_core.model.matting import check_downsample_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def create_session(
         return ort.InferenceSession(str(model_path), options, providers=providers)
 
 
-class OrtEngine:
+class OrtEngine(StepEngine):
     """Runs an ONNX graph with RVM's inputs and outputs. Keeps no per-stream data.
 
     One session per thread count in use (see `ThreadBudget`), created on first need; they
@@ -123,16 +122,7 @@ class OrtEngine:
                 )
             return self._sessions[threads]
 
-    def infer(
-        self,
-        src: Float32Array,
-        state: EngineState | None,
-        downsample_ratio: float,
-        *,
-        alpha_only: bool = False,
-    ) -> EngineOutput[EngineState]:
-        ratio = check_downsample_ratio(downsample_ratio)
-        src = np.ascontiguousarray(src, dtype=np.float32)
+    def step(self, src: Float32Array, state: MaybeState, ratio: float, alpha_only: bool) -> Output:
         if state is None:
             zero = np.zeros((src.shape[0], 1, 1, 1), np.float32)
             state = EngineState(zero, zero, zero, zero)
@@ -141,6 +131,6 @@ class OrtEngine:
         session = self.session_for(BUDGET.threads(self.threads))
         if alpha_only:  # ONNX Runtime runs only what the fetched outputs need
             pha, r1, r2, r3, r4 = session.run(list(OUTPUTS[1:]), feeds)
-            return EngineOutput(None, pha, EngineState(r1, r2, r3, r4))
+            return Output(None, pha, EngineState(r1, r2, r3, r4))
         fgr, pha, r1, r2, r3, r4 = session.run(list(OUTPUTS), feeds)
-        return EngineOutput(fgr, pha, EngineState(r1, r2, r3, r4))
+        return Output(fgr, pha, EngineState(r1, r2, r3, r4))

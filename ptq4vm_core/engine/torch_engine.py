@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ptq4vm_core.engine.base import EngineOutput, EngineState, Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array, MaybeState, Output, StepEngine
 from ptq4vm_core.model import MattingNetwork, RecurrentState
 
 
-class TorchEngine:
+class TorchEngine(StepEngine):
     """Runs a MattingNetwork in PyTorch: the FP32 network, or a quantized one in simulation.
 
     Its state is the `EngineState` of numpy arrays that every engine takes and returns (so
@@ -33,18 +32,11 @@ class TorchEngine:
         return self._name
 
     @torch.inference_mode()
-    def infer(
-        self,
-        src: Float32Array,
-        state: EngineState | None,
-        downsample_ratio: float,
-        *,
-        alpha_only: bool = False,
-    ) -> EngineOutput[EngineState]:
-        x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).to(self.device)
+    def step(self, src: Float32Array, state: MaybeState, ratio: float, alpha_only: bool) -> Output:
+        x = torch.from_numpy(src).to(self.device)
         hidden = None
         if state is not None:
             hidden = RecurrentState(*(torch.from_numpy(r).to(self.device) for r in state))
-        out = self.model(x, hidden, downsample_ratio)
+        out = self.model(x, hidden, ratio)
         fields = (r.cpu().numpy() for r in out.state)
-        return EngineOutput(out.fgr.cpu().numpy(), out.pha.cpu().numpy(), EngineState(*fields))
+        return Output(out.fgr.cpu().numpy(), out.pha.cpu().numpy(), EngineState(*fields))
