@@ -37,9 +37,7 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import httpx
 import numpy as np
 from numpy.typing import NDArray
 
@@ -58,7 +55,7 @@ from ptq4vm_core.io.video import iter_frames
 from ptq4vm_core.paths import cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import engine_bench, run_header, write_report
+from stream import Server, engine_bench, run_header, write_report
 
 WEB = Path(__file__).resolve().parents[1] / "clients" / "web"
 W8A8_VERSION = "bench-w8a8"
@@ -117,43 +114,6 @@ def write_camera(path: Path, size: tuple[int, int]) -> Path:
             f.write(b"FRAME\n")
             f.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
     return path
-
-
-class Server:
-    """`ptq4vm serve` on a free port with `home`, serving clients/web."""
-
-    def __init__(self, home: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        env = {
-            **os.environ,
-            "PTQ4VM_HOME": str(home),
-            "PTQ4VM_BUILD_DEFAULT": "false",
-            "PTQ4VM_STATIC_DIR": str(WEB),
-        }
-        cmd = [sys.executable, "-m", "ptq4vm_core.cli", "serve", "--port", str(self.port)]
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"ptq4vm serve exited: {self.log.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("ptq4vm serve did not become ready in 120 s")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 INFERENCE = """
@@ -393,7 +353,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         artifact = args.w8a8 or w8a8_artifact(tmp / "artifact")
         home = make_home(tmp / "home", artifact)
-        server = Server(home)
+        env = {"PTQ4VM_HOME": str(home), "PTQ4VM_STATIC_DIR": str(WEB)}
+        server = Server(None, env=env)
         try:
             with sync_playwright() as pw:
                 for index, size_text in enumerate(args.sizes):
@@ -405,17 +366,19 @@ def main() -> None:
                     version = browser.version
                     try:
                         page = browser.new_page()
-                        page.goto(f"{server.url}/")
+                        page.goto(f"{server.http}/")
                         webgpu = page.evaluate(
                             "(async () => (await import('/tab.js')).chooseBackends())()"
                         )
                         page.close()
                         backends = webgpu["backends"]
                         graphs = [[b, m] for b in backends for m in (W8A8_VERSION, "fp32")]
-                        found = inference(browser, server.url, graphs, size, args.ratios, args.runs)
+                        found = inference(
+                            browser, server.http, graphs, size, args.ratios, args.runs
+                        )
                         for inf in found:
                             model, ratio, backend = inf["model"], inf["ratio"], inf["backend"]
-                            common = f"{server.url}/?autostart&model={model}&ratio={ratio}"
+                            common = f"{server.http}/?autostart&model={model}&ratio={ratio}"
                             common += f"&maxside={max(size)}&backend={backend}"
                             tab = page_run(
                                 browser,
@@ -451,7 +414,7 @@ def main() -> None:
                             )
                             rows.append(row)
                         if index == 0:
-                            url = f"{server.url}/?autostart&maxside={max(size)}&mode=tab"
+                            url = f"{server.http}/?autostart&maxside={max(size)}&mode=tab"
                             adaptive = page_run(
                                 browser,
                                 f"{url}&fps={args.target:g}",

@@ -30,7 +30,7 @@ from ptq4vm_core.assets import sample_clip_path
 from ptq4vm_core.cli.common import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import RunResult, Server, encoded_frames, run, run_header
+from stream import RunResult, Server, encoded_frames, run, run_header, write_report
 
 TOKEN = "calibration-load-benchmark"
 
@@ -112,8 +112,7 @@ def main() -> None:
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    """The report and its markdown."""
     cal = report["calibration"]
     lines = [
         f"# Streaming while a recalibration runs ({report['model']}, {report['size']})",
@@ -132,7 +131,7 @@ def write(out: Path, report: dict[str, Any]) -> None:
             f"{r['ms_p99']:.0f} | {r['drop_rate']:.1%} |"
         )
     lines.append(f"\np99 while calibrating / idle: {report['p99_ratio']:.2f}x (goal: <= 2x).")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out, report, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

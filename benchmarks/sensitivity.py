@@ -13,7 +13,7 @@ spend its effort on".
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +28,9 @@ from ptq4vm_core.model import MattingNetwork, load_rvm_from_onnx
 from ptq4vm_core.paths import cache_root
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from ptq4vm_core.quant.mode import QuantMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream import write_report
 
 
 def alphas(model: MattingNetwork, frames: list[torch.Tensor], ratio: float) -> torch.Tensor:
@@ -106,8 +109,7 @@ def main() -> None:
 
 
 def write(out: Path, report: dict[str, object]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    """The report and its markdown."""
     groups = report["groups"]
     top = report["top"]
     assert isinstance(groups, dict)
@@ -128,7 +130,7 @@ def write(out: Path, report: dict[str, object]) -> None:
         "|---|---|",
         *(f"| `{t['quantizer']}` | {t['gain']:.3f} |" for t in top),
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out, report, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

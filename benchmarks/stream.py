@@ -71,47 +71,48 @@ def encoded_frames(size: tuple[int, int], count: int = 60) -> list[bytes]:
 
 
 class Server:
-    """`ptq4vm serve` in a subprocess on a free port."""
+    """`ptq4vm serve` in a subprocess on a free port (`url`: its WebSocket, `http`: its base
+    URL), serving `model` (None: the registry of `env`'s PTQ4VM_HOME); `env` adds settings."""
 
-    def __init__(self, model: str, max_batch: int, sessions: int, engine: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | None,
+        max_batch: int = 1,
+        sessions: int = 16,
+        engine: str = "auto",
+        env: dict[str, str] | None = None,
+    ) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        env = {
-            **os.environ,
+        settings = {
             "PTQ4VM_BUILD_DEFAULT": "false",
             "PTQ4VM_MAX_BATCH": str(max_batch),
             "PTQ4VM_MAX_SESSIONS": str(max(16, sessions)),
+            **(env or {}),
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "ptq4vm_core.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--model",
-            model,
-            "--engine",
-            engine,
-        ]
+        cmd = [sys.executable, "-m", "ptq4vm_core.cli", "serve", "--port", str(self.port)]
+        cmd += ["--engine", engine, *(["--model", model] if model else [])]
         # The log goes to a file: a pipe nobody reads would fill up and stall the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **settings}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
                 self.log.seek(0)
                 raise RuntimeError(f"ptq4vm serve exited: {self.log.read().decode()[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status_code == 200:
+                if httpx.get(f"{self.http}/readyz", timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("ptq4vm serve did not become ready in 120 s")
             time.sleep(0.2)
-        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -237,6 +238,11 @@ def run_header(script: str) -> dict[str, str]:
     }
 
 
+def provenance(report: dict[str, Any]) -> str:
+    """The line that says how, where and when a report was made."""
+    return f"`{report['command']}` on {report['machine']} ({report['date']})."
+
+
 def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
     """`out`.json (the report) and `out`.md (its markdown), and the markdown on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,13 +302,12 @@ def median_results(runs: list[RunResult]) -> dict[str, Any]:
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    """The report and its markdown."""
     lines = [
         f"# Streaming benchmark ({Path(report['model']).name}, {report['size']}, engine "
         f"{report.get('engine', 'auto')}, inflight {report['inflight']})",
         "",
-        f"`{report['command']}` on {report['machine']} ({report['date']}).",
+        provenance(report),
         "",
         f"`ptq4vm bench`: {report['bench']['fps']:.1f} fps ({report['bench']['engine']}).",
         "",
@@ -321,7 +326,7 @@ def write(out: Path, report: dict[str, Any]) -> None:
         )
     for batch, ratio in report["one_session_vs_bench"].items():
         lines.append(f"\nOne session, max_batch {batch}: {ratio:.0%} of `ptq4vm bench`.")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out, report, "\n".join(lines) + "\n")
 
 
 def main() -> None:

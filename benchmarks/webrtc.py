@@ -36,7 +36,7 @@ from ptq4vm_core.cli.common import parse_size
 from ptq4vm_core.io.video import iter_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import Server, run_header
+from stream import Server, provenance, run_header, write_report
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,12 @@ async def measure(
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    """The report and its markdown."""
     lines = [
         f"# WebRTC (WHIP) vs WebSocket ({report['model']}, {report['size']}, "
         f"{report['fps']:g} fps per session)",
         "",
-        f"`{report['command']}` on {report['machine']} ({report['date']}).",
+        provenance(report),
         "",
         "Both transports against one `ptq4vm serve`, the alpha matte coming back; clients in "
         "this process on the same machine (their CPU is the clients' share).",
@@ -167,7 +166,7 @@ def write(out: Path, report: dict[str, Any]) -> None:
         "the VP8 encoder -> the returned frame decoded (both codecs and the jitter buffer "
         "included), for frames matted themselves.",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out, report, "\n".join(lines) + "\n")
 
 
 def main() -> None:
