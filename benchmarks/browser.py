@@ -46,12 +46,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
 
 from ptq4vm_core.assets import RVM_WEIGHTS, SAMPLE_CLIP, sample_clip_path, weights_path
 from ptq4vm_core.cli.common import parse_size
 from ptq4vm_core.engine.cache import ENGINES_DIR
 from ptq4vm_core.io.video import iter_frames
+from ptq4vm_core.io.y4m import write_y4m
 from ptq4vm_core.paths import cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,17 +103,9 @@ def make_home(root: Path, artifact: Path) -> Path:
 
 def write_camera(path: Path, size: tuple[int, int]) -> Path:
     """The sample clip resized to `size`, as the YUV4MPEG2 file Chromium's fake camera plays."""
-    width, height = size
-    frames: list[NDArray[np.uint8]] = []
-    for frame, _ in zip(iter_frames(sample_clip_path()), range(CAMERA_FRAMES), strict=False):
-        resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        frames.append(np.asarray(resized, np.uint8))
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames:
-            f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
-    return path
+    frames = zip(iter_frames(sample_clip_path()), range(CAMERA_FRAMES), strict=False)
+    resized = (cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame, _ in frames)
+    return write_y4m((np.asarray(frame, np.uint8) for frame in resized), path, fps=30)
 
 
 INFERENCE = """

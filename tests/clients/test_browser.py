@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from ptq4vm_core.io.y4m import write_y4m
 from tests.server.conftest import ServerFactory
 
 WEB = Path(__file__).parents[2] / "clients" / "web"
@@ -19,15 +20,15 @@ ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 BLUE = "#0000ff"
 
 
-def write_y4m(frames: list[NDArray[np.uint8]], path: Path, fps: int = 15) -> Path:
-    """RGB frames as a YUV4MPEG2 (4:2:0) file, what Chromium's fake camera plays in a loop."""
-    height, width = frames[0].shape[:2]
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames:
-            f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
-    return path
+def fake_camera_args(camera: Path, *extra: str) -> list[str]:
+    """Chromium's arguments for a fake camera playing `camera` (a Y4M file), permission given."""
+    return [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+        *extra,
+        "--no-sandbox",  # CI containers run as root
+    ]
 
 
 def debian_browser(package: str, *names: str) -> str:
@@ -62,12 +63,7 @@ def test_page_streams_the_camera_and_composites(
     executable = chromium_path()
     server = start_server(static_dir=WEB)
     camera = write_y4m(clip_rgb, tmp_path / "camera.y4m")
-    args = [
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}",
-        "--no-sandbox",  # CI containers run as root
-    ]
+    args = fake_camera_args(camera)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=args)
         try:

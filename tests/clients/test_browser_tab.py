@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.clients.test_browser import WEB, chromium_path, write_y4m
+from ptq4vm_core.io.y4m import write_y4m
+from tests.clients.test_browser import WEB, chromium_path, fake_camera_args
 from tests.server.conftest import RunningServer, ServerFactory
 
 VENDORED = WEB / "vendor" / "onnxruntime-web" / "ort.wasm.min.mjs"
@@ -87,12 +88,7 @@ def open_page(camera: Path, sockets: Sockets) -> Iterator[Any]:
     """A Chromium page whose camera plays `camera`, its WebSockets watched by `sockets`."""
     from playwright.sync_api import sync_playwright
 
-    args = [
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}",
-        "--no-sandbox",  # CI containers run as root
-    ]
+    args = fake_camera_args(camera)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=args)
         try:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.clients.test_browser import WEB, chromium_path, write_y4m
+from ptq4vm_core.io.y4m import write_y4m
+from tests.clients.test_browser import WEB, chromium_path, fake_camera_args
 from tests.server.conftest import RunningServer, ServerFactory
 
 FRAMES = 20
@@ -36,14 +37,8 @@ def camera(clip_rgb: list[NDArray[np.uint8]], tmp_path_factory: pytest.TempPathF
 def page(camera: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    args = [
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}",
-        # Plain host candidates: aiortc's ICE would have to resolve mDNS names otherwise.
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--no-sandbox",  # CI containers run as root
-    ]
+    # Plain host candidates: aiortc's ICE would have to resolve mDNS names otherwise.
+    args = fake_camera_args(camera, "--disable-features=WebRtcHideLocalIpsWithMdns")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=args)
         try:
