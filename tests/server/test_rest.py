@@ -25,6 +25,12 @@ def png(frame: NDArray[np.uint8]) -> bytes:
     return cv2.imencode(".png", frame[..., ::-1])[1].tobytes()
 
 
+def submit(http: httpx.Client, clip: Path, data: dict[str, str]) -> httpx.Response:
+    """POST /v1/jobs with `clip` as the video and `data` as the form."""
+    with clip.open("rb") as video:
+        return http.post("/v1/jobs", files={"video": ("clip.mp4", video, "video/mp4")}, data=data)
+
+
 def test_matte_a_png(
     server: RunningServer, clip_rgb: list[NDArray[np.uint8]], fp32_reference: list[Any]
 ) -> None:
@@ -77,12 +83,7 @@ def test_alpha_job_completes_with_progress(
     server: RunningServer, short_clip: Path, tmp_path: Path
 ) -> None:
     with server.client() as http:
-        with short_clip.open("rb") as video:
-            response = http.post(
-                "/v1/jobs",
-                files={"video": ("clip.mp4", video, "video/mp4")},
-                data={"output": "alpha"},
-            )
+        response = submit(http, short_clip, {"output": "alpha"})
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         seen = wait_for(http, job_id)
@@ -105,12 +106,7 @@ def test_alpha_job_completes_with_progress(
 
 def test_rgba_job_keeps_alpha(server: RunningServer, short_clip: Path, tmp_path: Path) -> None:
     with server.client() as http:
-        with short_clip.open("rb") as video:
-            response = http.post(
-                "/v1/jobs",
-                files={"video": ("clip.mp4", video, "video/mp4")},
-                data={"output": "rgba"},
-            )
+        response = submit(http, short_clip, {"output": "rgba"})
         assert response.status_code == 202, response.text
         final = wait_for(http, response.json()["id"])[-1]
         assert final["state"] == "done", final
@@ -189,12 +185,7 @@ def test_chunked_upload_is_cut_off_at_the_limit(start_server: ServerFactory) -> 
 def test_composite_job_expires(start_server: ServerFactory, short_clip: Path) -> None:
     server = start_server(job_ttl_s=1.0)
     with server.client() as http:
-        with short_clip.open("rb") as video:
-            response = http.post(
-                "/v1/jobs",
-                files={"video": ("clip.mp4", video, "video/mp4")},
-                data={"output": "composite", "background": "#0000ff"},
-            )
+        response = submit(http, short_clip, {"output": "composite", "background": "#0000ff"})
         job_id = response.json()["id"]
         final = wait_for(http, job_id)[-1]
         assert final["state"] == "done", final

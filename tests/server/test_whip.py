@@ -188,28 +188,35 @@ def test_capacity_is_shared_with_websocket_sessions(start_server: ServerFactory)
         stream.stop()
 
 
-def test_frames_over_the_size_limit_end_the_session(
-    start_server: ServerFactory, clip_rgb: list[NDArray[np.uint8]]
+@pytest.mark.parametrize(
+    ("settings", "count", "fps", "code", "says"),
+    [
+        ({"max_frame_side": 128}, 20, 10, "frame_too_big", "PTQ4VM_MAX_FRAME_SIDE"),
+        ({"whip_max_fps": 5.0}, 240, 100, "too_fast", "PTQ4VM_WHIP_MAX_FPS"),
+    ],
+    ids=["frames over the size limit", "far faster than real time"],
+)
+def test_a_publisher_out_of_bounds_is_ended(
+    start_server: ServerFactory,
+    clip_rgb: list[NDArray[np.uint8]],
+    settings: dict[str, Any],
+    count: int,
+    fps: int,
+    code: str,
+    says: str,
 ) -> None:
-    server = start_server(max_frame_side=128)
+    """Frames over the size limit, or far faster than real time: the session ends with the
+    code, and the server serves others meanwhile."""
+    server = start_server(**settings)
     publisher = WhipPublisher(whip(server))
     with pytest.raises(WhipError) as ended:
-        asyncio.run(publisher.run(clip_rgb[:20], fps=10))
-    assert ended.value.code == "frame_too_big"
-    assert "PTQ4VM_MAX_FRAME_SIDE" in str(ended.value)
+        asyncio.run(publisher.run((clip_rgb * 2)[:count], fps=fps))
+    assert ended.value.code == code
+    assert says in str(ended.value)
     assert len(server.services.whip) == 0
-
-
-def test_a_publisher_far_faster_than_real_time_is_ended(
-    start_server: ServerFactory, clip_rgb: list[NDArray[np.uint8]]
-) -> None:
-    server = start_server(whip_max_fps=5.0)
-    publisher = WhipPublisher(whip(server))
-    with pytest.raises(WhipError) as ended:
-        asyncio.run(publisher.run(clip_rgb * 2, fps=100))
-    assert ended.value.code == "too_fast"
-    with Stream(server.ws, input="rgb24") as stream:  # the server serves others meanwhile
-        message, _ = stream.matte(clip_rgb[0].tobytes())
+    small = np.ascontiguousarray(clip_rgb[0][:96, :96])  # within either limit
+    with Stream(server.ws, input="rgb24", width=96, height=96) as stream:
+        message, _ = stream.matte(small.tobytes())
         assert message["type"] == "matte"
         stream.stop()
 
