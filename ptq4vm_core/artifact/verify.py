@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,16 @@ def _load_tensors(data: bytes, file: Path) -> dict[str, Tensor]:
         raise ArtifactError(f"{file}: not a readable safetensors file: {exc}") from exc
 
 
+def _same_keys(file: Path, what: str, expected: Iterable[str], table: Mapping[str, Any]) -> None:
+    """ArtifactError saying `what` unless `table` has exactly the `expected` keys."""
+    missing = set(expected) - table.keys()
+    extra = table.keys() - set(expected)
+    if missing or extra:
+        raise ArtifactError(
+            f"{file}: {what}: missing {_names(missing)}, unexpected {_names(extra)}"
+        )
+
+
 def _check_structure(manifest: Manifest, arch: Architecture, file: Path) -> None:
     """The layer table against the model's convs and the policy; float tensors against the
     model's remaining state."""
@@ -118,13 +128,7 @@ def _check_structure(manifest: Manifest, arch: Architecture, file: Path) -> None
             f"{_names(unknown)}"
         )
     expected = arch.quantized(policy)
-    missing = set(expected) - manifest.layers.keys()
-    extra = manifest.layers.keys() - set(expected)
-    if missing or extra:
-        raise ArtifactError(
-            f"{file}: the layer table does not match the policy: missing {_names(missing)}, "
-            f"unexpected {_names(extra)}"
-        )
+    _same_keys(file, "the layer table does not match the policy", expected, manifest.layers)
     for name, entry in manifest.layers.items():
         conv = arch.convs[name]
         if entry.weight_shape != conv.weight_shape or entry.bias != conv.bias:
@@ -138,22 +142,10 @@ def _check_structure(manifest: Manifest, arch: Architecture, file: Path) -> None
             raise ArtifactError(
                 f"{file}: layer {name!r}: per-channel activation quantization is not supported"
             )
-    expected_sites = arch.quantized_sites(policy)
-    missing = set(expected_sites) - manifest.sites.keys()
-    extra = manifest.sites.keys() - set(expected_sites)
-    if missing or extra:
-        raise ArtifactError(
-            f"{file}: the activation-site table does not match the policy: missing "
-            f"{_names(missing)}, unexpected {_names(extra)}"
-        )
-    float_keys = arch.float_keys(expected)
-    missing = set(float_keys) - manifest.float_tensors.keys()
-    extra = manifest.float_tensors.keys() - set(float_keys)
-    if missing or extra:
-        raise ArtifactError(
-            f"{file}: the float tensors do not match the layers the policy keeps in float: "
-            f"missing {_names(missing)}, unexpected {_names(extra)}"
-        )
+    what = "the activation-site table does not match the policy"
+    _same_keys(file, what, arch.quantized_sites(policy), manifest.sites)
+    what = "the float tensors do not match the layers the policy keeps in float"
+    _same_keys(file, what, arch.float_keys(expected), manifest.float_tensors)
     for key, tensor_entry in manifest.float_tensors.items():
         shape, dtype = arch.state[key]
         if tensor_entry.shape != shape or tensor_entry.dtype != dtype_name(dtype):
