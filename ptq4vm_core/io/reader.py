@@ -215,11 +215,17 @@ def iter_frames(path: str | Path) -> Iterator[npt.NDArray[np.uint8]]:
         VideoReadError: as :func:`probe`, or when a frame cannot be decoded, or when
             the images of a directory differ in size (the message names the file).
     """
-    path = Path(path)
+    return _frames(Path(path), _read_rgb_image, "frame", "rgb24")
+
+
+def _frames(
+    path: Path, read_image: _ImageReader, what: str, pixels: str
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """A frame directory's images read by `read_image`, or a video decoded as `pixels`."""
     _check_exists(path)
     if path.is_dir():
-        return _iter_dir(list_frame_files(path), _read_rgb_image, "frame")
-    return _iter_decoded(_open_container(path), path, "rgb24")
+        return _iter_dir(list_frame_files(path), read_image, what)
+    return _iter_decoded(_open_container(path), path, pixels)
 
 
 def _read_alpha_image(path: Path) -> npt.NDArray[np.uint8]:
@@ -243,11 +249,7 @@ def read_alpha_frames(path: str | Path) -> Iterator[npt.NDArray[np.uint8]]:
     Raises:
         VideoReadError: as :func:`iter_frames`.
     """
-    path = Path(path)
-    _check_exists(path)
-    if path.is_dir():
-        return _iter_dir(list_frame_files(path), _read_alpha_image, "alpha frame")
-    return _iter_decoded(_open_container(path), path, "gray")
+    return _frames(Path(path), _read_alpha_image, "alpha frame", "gray")
 
 
 def _read_rgba_image(path: Path) -> npt.NDArray[np.uint8]:
