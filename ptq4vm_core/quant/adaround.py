@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ptq4vm_core.quant.mode import QuantMode
+from ptq4vm_core.quant.mode import Moded, QuantMode
 from ptq4vm_core.quant.quantizer import UniformQuantizer
 
 ZETA = 1.1
@@ -21,7 +21,7 @@ GAMMA = -0.1
 ROUND_DOWN_ALPHA = -16.0
 
 
-class AdaRoundQuantizer(nn.Module):
+class AdaRoundQuantizer(Moded, nn.Module):
     """Weight fake quantizer with learnable rounding, on the grid of a range-initialised base.
 
     `base` supplies the grid (spec, scale [C], zero point [C], channel_dim); `alpha` is a
@@ -37,14 +37,6 @@ class AdaRoundQuantizer(nn.Module):
         self.alpha = nn.Parameter(torch.zeros_like(weight, dtype=torch.float32))
         self._mode = QuantMode.FP
         self.init_alpha(weight)
-
-    @property
-    def mode(self) -> QuantMode:
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: QuantMode) -> None:
-        self._mode = QuantMode(value)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.alpha.shape)}, mode={self._mode.value}"

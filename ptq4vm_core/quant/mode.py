@@ -18,3 +18,17 @@ class QuantMode(StrEnum):
     FP = "fp"
     CALIBRATING = "calibrating"
     QUANTIZED = "quantized"
+
+
+class Moded:
+    """A quantizer's `mode`, a QuantMode (a string is coerced on assignment): FP at first."""
+
+    _mode: QuantMode = QuantMode.FP
+
+    @property
+    def mode(self) -> QuantMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: QuantMode) -> None:
+        self._mode = QuantMode(value)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ptq4vm_core.quant.mode import QuantMode
+from ptq4vm_core.quant.mode import Moded, QuantMode
 from ptq4vm_core.quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def check_drop_prob(p: float) -> float:
     return float(p)
 
 
-class UniformQuantizer(nn.Module):
+class UniformQuantizer(Moded, nn.Module):
     """Fake-quantizes a tensor; one scale per tensor or one per channel along `channel_dim`.
 
     `scale` (Parameter) and `zero_point` (buffer, float holding integers) have shape
@@ -80,14 +80,6 @@ class UniformQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(channels, device=device))
         self._mode = QuantMode.FP
         self._drop_prob = 0.0
-
-    @property
-    def mode(self) -> QuantMode:
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: QuantMode) -> None:
-        self._mode = QuantMode(value)
 
     @property
     def drop_prob(self) -> float:

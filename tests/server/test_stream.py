@@ -61,28 +61,28 @@ def test_png_in_raw_out(
             np.testing.assert_array_equal(alpha, fp32_reference[seq])
 
 
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "no reset (the control)"])
 def test_reset_gives_a_fresh_stream(
-    server: RunningServer, clip_rgb: list[NDArray[np.uint8]], fp32_reference: list[Any]
+    server: RunningServer,
+    clip_rgb: list[NDArray[np.uint8]],
+    fp32_reference: list[Any],
+    reset: bool,
 ) -> None:
+    """After other frames, a reset makes the next mattes those of a new stream; without one
+    (the control) the state carries and they differ."""
     with server.stream(input="rgb24") as stream:
         for frame in clip_rgb[10:16]:
             stream.matte(frame.tobytes())
-        stream.send_json({"type": "reset"})
-        for i in range(3):
-            meta, payload = stream.matte(clip_rgb[i].tobytes())
-            assert meta["fresh"] is (i == 0)
-            np.testing.assert_array_equal(decode_png(payload), fp32_reference[i])
-
-
-def test_without_reset_the_state_carries(
-    server: RunningServer, clip_rgb: list[NDArray[np.uint8]], fp32_reference: list[Any]
-) -> None:
-    """The control for the reset test: the same frames without a reset give other mattes."""
-    with server.stream(input="rgb24") as stream:
-        for frame in clip_rgb[10:16]:
-            stream.matte(frame.tobytes())
-        _, payload = stream.matte(clip_rgb[0].tobytes())
-    assert not np.array_equal(decode_png(payload), fp32_reference[0])
+        if reset:
+            stream.send_json({"type": "reset"})
+        mattes = [stream.matte(clip_rgb[i].tobytes()) for i in range(3)]
+    assert [meta["fresh"] for meta, _ in mattes] == [reset, False, False]
+    alphas = [decode_png(payload) for _, payload in mattes]
+    if reset:
+        for alpha, expected in zip(alphas, fp32_reference, strict=False):
+            np.testing.assert_array_equal(alpha, expected)
+    else:
+        assert not np.array_equal(alphas[0], fp32_reference[0])
 
 
 @pytest.mark.parametrize("send_start", [True, False])
