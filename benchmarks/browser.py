@@ -312,9 +312,8 @@ def render(report: dict[str, Any]) -> str:
         "server-mode: the same page streaming JPEG frames to the server over the WebSocket (2 in "
         "flight), send -> matte received.",
         "engine: `ptq4vm bench` (the deployed engine alone, all cores, no network).",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

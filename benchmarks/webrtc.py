@@ -141,9 +141,9 @@ async def measure(
 
 def write(out: Path, report: dict[str, Any]) -> None:
     """The report and its markdown."""
+    setup = f"{report['model']}, {report['size']}, {report['fps']:g} fps per session"
     lines = [
-        f"# WebRTC (WHIP) vs WebSocket ({report['model']}, {report['size']}, "
-        f"{report['fps']:g} fps per session)",
+        f"# WebRTC (WHIP) vs WebSocket ({setup})",
         "",
         provenance(report),
         "",

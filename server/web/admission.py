@@ -62,6 +62,11 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+def busy(why: str, retry_after_s: int) -> HTTPException:
+    """503 saying `why`, with when to retry."""
+    return HTTPException(503, f"{why}; retry later", {"Retry-After": str(retry_after_s)})
+
+
 class OriginPolicy:
     """PTQ4VM_ALLOWED_ORIGINS as a predicate over (Origin, Host)."""
 
@@ -130,23 +135,13 @@ class RequestGates:
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if self.uploads >= self.settings.max_uploads:
-            busy = HTTPException(
-                503,
-                f"{self.uploads} uploads are being received, the limit "
-                "(PTQ4VM_MAX_UPLOADS); retry later",
-                {"Retry-After": "5"},
-            )
-            await self._refuse(scope, receive, send, busy)
+            why = f"{self.uploads} uploads are being received, the limit (PTQ4VM_MAX_UPLOADS)"
+            await self._refuse(scope, receive, send, busy(why, retry_after_s=5))
             return
         jobs = scope["app"].state.services.jobs if path == "/v1/jobs" else None
         if jobs is not None and not jobs.try_reserve():
-            full = HTTPException(
-                503,
-                f"{jobs.max_jobs} jobs are queued, running or uploading (PTQ4VM_MAX_JOBS); "
-                "retry later",
-                {"Retry-After": "30"},
-            )
-            await self._refuse(scope, receive, send, full)
+            why = f"{jobs.max_jobs} jobs are queued, running or uploading (PTQ4VM_MAX_JOBS)"
+            await self._refuse(scope, receive, send, busy(why, retry_after_s=30))
             return
         self.uploads += 1
         try:
