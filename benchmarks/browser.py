@@ -28,6 +28,9 @@ calibration method (only the integer values differ).
 Usage: python benchmarks/browser.py [--sizes 512x288 640x360] [--ratios 1 0.5 0.375 0.25]
            [--seconds 10] [--target 15] [--adaptive-seconds 30] [--w8a8 DIR]
            [--out docs/benchmarks/browser]
+
+Past 400 lines because the page's JavaScript drivers (the inference timing, the profile),
+the runs and the report are one benchmark; each part reads the others' rows.
 """
 
 from __future__ import annotations

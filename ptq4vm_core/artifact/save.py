@@ -4,6 +4,9 @@ Everything is written into a temporary directory beside `out` (`.{name}.partial-
 then renamed into place; an existing artifact at `out` is first renamed aside
 (`.{name}.old-*`) and deleted once the new one is in. An exception cleans the temporary
 directory up; a kill may leave it behind, but never a half-written `out`.
+
+Past 400 lines (just): the manifest's assembly and the atomic write of its tensors are one
+format; the layout and packing helpers it uses are in their own modules.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ offer) carries one JSON object per matte: `{"seq", "latency_ms", "dropped", "mod
 frames to its own with it), and `{"type": "error", "code", "message"}` before the server ends a
 session. Dropped frames before the first matte are not sent back: the first frame back is the
 first matte.
+
+Past 400 lines because the peer's phases, the returned track's pacing and the session's
+delivery share one state machine: split apart, each would read the others to be understood.
 """
 
 from __future__ import annotations

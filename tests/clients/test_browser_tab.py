@@ -1,7 +1,11 @@
 """The page's "this tab" and "auto" modes (DESIGN 4.5) in headless Chromium (Debian's), with a
 fake camera fed from the sample clip, against a real server whose active version is a real
 W8A8 artifact: the tab runs that version's exported int8 graph (or fp32's, when this device
-measured it faster) in onnxruntime-web, at the downsample ratio it measured to keep up."""
+measured it faster) in onnxruntime-web, at the downsample ratio it measured to keep up.
+
+Past 400 lines because the tab's tests share one server, one W8A8 version and the page
+fixtures: the plan's rules, the backend choice and the parity run in the same page module.
+"""
 
 from __future__ import annotations
 
