@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from typer.testing import CliRunner
 
@@ -16,16 +17,22 @@ from tests.server.conftest import RunningServer, png_dir
 FRAMES = 12
 
 
+@pytest.mark.parametrize("camera", [False, True], ids=["frames", "camera"])
 def test_stream_writes_alpha_and_prints_stats(
     server: RunningServer,
     clip_rgb: list[NDArray[np.uint8]],
     fp32_reference: list[NDArray[np.uint8]],
     tmp_path: Path,
+    camera: bool,
 ) -> None:
+    """A frame directory, or (`--camera`) a live source read through OpenCV's capture as a
+    camera is: no camera on the test machines, so an image sequence, which the capture opens
+    the same way and which is lossless: the mattes are exactly the reference's either way."""
     clip = png_dir(clip_rgb[:FRAMES], tmp_path / "clip")
     out = tmp_path / "alpha"
+    source = [str(clip / "%04d.png"), "--camera"] if camera else [str(clip)]
     result = CliRunner().invoke(
-        cli, ["stream", str(clip), "--url", server.ws, "--alpha-out", str(out)]
+        cli, ["stream", *source, "--url", server.ws, "--alpha-out", str(out)]
     )
     assert result.exit_code == 0, result.output
     assert len(sorted(out.glob("*.png"))) == FRAMES
@@ -41,3 +48,14 @@ def test_stream_reports_an_unreachable_server(tmp_path: Path, clip_rgb: list[NDA
     result = CliRunner().invoke(cli, ["stream", str(clip), "--url", "ws://127.0.0.1:9/v1/stream"])
     assert result.exit_code == 1
     assert "cannot open a stream" in result.output
+
+
+def test_stream_camera_errors_are_clear(tmp_path: Path, clip_rgb: list[NDArray[np.uint8]]) -> None:
+    url = ["--url", "ws://127.0.0.1:9/v1/stream"]
+    result = CliRunner().invoke(cli, ["stream", "/dev/video97", "--camera", *url])
+    assert result.exit_code == 2  # a user error, as every command's
+    assert "cannot open camera '/dev/video97'" in result.output
+    clip = png_dir(clip_rgb[:1], tmp_path / "clip")
+    result = CliRunner().invoke(cli, ["stream", str(clip), "--seconds", "2", *url])
+    assert result.exit_code == 2
+    assert "--seconds is for --camera" in result.output

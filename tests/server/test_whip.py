@@ -4,6 +4,7 @@ server on loopback, host ICE candidates only."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,21 @@ def test_ptq4vm_stream_whip_writes_one_alpha_frame_per_input_frame(
     assert result.exit_code == 0, result.output
     assert "120 frames sent" in result.output
     assert probe(out).frame_count == 120
+
+
+def test_ptq4vm_stream_whip_from_a_camera_for_some_seconds(
+    whip_server: RunningServer, assets: Assets, tmp_path: Path
+) -> None:
+    """`--camera --seconds 2`: live frames (here the sample clip through OpenCV's capture, as
+    a camera is read; no camera on the test machines) for 2 s, then the session ends and the
+    alpha has one frame per frame sent."""
+    out = tmp_path / "alpha.mp4"
+    args = ["stream", str(assets.clip), "--camera", "--seconds", "2", "--whip", whip(whip_server)]
+    result = CliRunner().invoke(cli, [*args, "--alpha-out", str(out)])
+    assert result.exit_code == 0, result.output
+    sent = int(re.search(r"(\d+) frames sent", result.output).group(1))  # type: ignore[union-attr]
+    assert 20 <= sent < 120, result.output  # about 2 s at the clip's 30 fps, not the whole clip
+    assert probe(out).frame_count == sent
 
 
 def test_mattes_keep_coming_while_frames_are_dropped(

@@ -1,4 +1,5 @@
-"""`ptq4vm stream`: send a video or frame directory to a running server over `/v1/stream`.
+"""`ptq4vm stream`: send a video, a frame directory or a camera to a running server over
+`/v1/stream` (or over WebRTC with `--whip`).
 
 Prints achieved fps, latency percentiles and drops at the end; with `--alpha-out` writes one
 alpha frame per input frame (a frame the server dropped gets the previous matte, as a real-time
@@ -13,22 +14,58 @@ by `ptq4vm`, and the library itself stands alone.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import takewhile
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 import typer
+from numpy.typing import NDArray
 
 from ptq4vm_client.aio_stream import AsyncStream
 from ptq4vm_client.errors import FrameError, MattesLostError, Ptq4vmError, StreamEndedError
 from ptq4vm_core.cli.common import console, progress_bar, user_errors
+from ptq4vm_core.io.camera import open_camera
 from ptq4vm_core.io.video import FrameWriter, iter_frames, open_writer, probe
 
 FrameFormat = Literal["png", "jpeg", "rgb24"]
+
+
+@dataclass
+class _Source:
+    """What is streamed: its frames, size and rate; `total` None for a camera."""
+
+    frames: Iterator[NDArray[np.uint8]]
+    width: int
+    height: int
+    fps: Fraction
+    total: int | None
+
+
+@contextmanager
+def _open_source(input: Path, camera: bool, seconds: float | None) -> Iterator[_Source]:
+    """INPUT as a file or frame directory, or (`camera`) as a device read live until
+    `seconds` or Ctrl-C: the first Ctrl-C ends the capture, and what was matted is kept."""
+    if not camera:
+        info = probe(input)
+        fps = info.fps or Fraction(15)
+        yield _Source(iter_frames(input), info.width, info.height, fps, info.frame_count)
+        return
+    stop = threading.Event()
+    with open_camera(str(input)) as device:
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        try:
+            frames = takewhile(lambda _: not stop.is_set(), device.frames(seconds))
+            yield _Source(frames, device.width, device.height, device.fps, None)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -44,7 +81,13 @@ class _Outcome:
 
 
 def stream_command(
-    input: Annotated[Path, typer.Argument(help="Video file or directory of PNG/JPG frames.")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="Video file or directory of PNG/JPG frames; with --camera, a camera: 0 (the "
+            "first) or a device path (/dev/video0)."
+        ),
+    ],
     url: Annotated[
         str | None, typer.Option(help="The server's stream, ws://HOST:PORT/v1/stream.")
     ] = None,
@@ -68,22 +111,29 @@ def stream_command(
         ),
     ] = None,
     token: Annotated[str | None, typer.Option(help="With --whip: PTQ4VM_WHIP_TOKEN.")] = None,
+    camera: Annotated[
+        bool, typer.Option(help="INPUT is a camera, read live until --seconds or Ctrl-C.")
+    ] = False,
+    seconds: Annotated[
+        float | None, typer.Option(min=0, help="With --camera: stop after this many seconds.")
+    ] = None,
 ) -> None:
     """Stream INPUT to a server and report fps, latency p50/p99 and drops."""
     if (url is None) == (whip is None):
         raise typer.BadParameter("give --url (WebSocket) or --whip (WebRTC), one of them")
-    if whip is not None:
-        _whip(input, whip, alpha_out, downsample, model, token)
-        return
-    assert url is not None
-    with user_errors():
+    if seconds is not None and not camera:
+        raise typer.BadParameter("--seconds is for --camera (a file streams to its end)")
+    with user_errors(), _open_source(input, camera, seconds) as source:
+        if whip is not None:
+            _whip(source, whip, alpha_out, downsample, model, token)
+            return
+        assert url is not None
         if frame_format not in ("png", "jpeg", "rgb24"):
             raise ValueError(f"--frame-format must be png, jpeg or rgb24, got {frame_format!r}")
-        info = probe(input)
         stream = AsyncStream(
             url,
-            width=info.width,
-            height=info.height,
+            width=source.width,
+            height=source.height,
             input=frame_format,  # type: ignore[arg-type]  # checked above
             output="alpha_png",
             downsample_ratio=downsample,
@@ -93,15 +143,11 @@ def stream_command(
         with ExitStack() as stack, progress_bar(transient=True) as progress:
             writer = None
             if alpha_out is not None:
-                writer = stack.enter_context(
-                    open_writer(
-                        alpha_out, "alpha", width=info.width, height=info.height, fps=info.fps
-                    )
-                )
-            task = progress.add_task("stream", total=info.frame_count)
+                writer = stack.enter_context(_alpha_writer(alpha_out, source))
+            task = progress.add_task("stream", total=source.total)
             try:
                 outcome = asyncio.run(
-                    _stream(stream, input, writer, lambda: progress.advance(task))
+                    _stream(stream, source.frames, writer, lambda: progress.advance(task))
                 )
             except Ptq4vmError as exc:
                 console.print(f"[bold red]error:[/] {exc}", highlight=False)
@@ -109,12 +155,19 @@ def stream_command(
     typer.echo(_summary(outcome))
 
 
+def _alpha_writer(path: Path, source: _Source) -> FrameWriter:
+    return open_writer(path, "alpha", width=source.width, height=source.height, fps=source.fps)
+
+
 async def _stream(
-    stream: AsyncStream, input: Path, writer: FrameWriter | None, advance: Callable[[], None]
+    stream: AsyncStream,
+    frames: Iterator[NDArray[np.uint8]],
+    writer: FrameWriter | None,
+    advance: Callable[[], None],
 ) -> _Outcome:
-    """Sends every frame (encoded in a worker thread) while the mattes are read and written."""
+    """Sends every frame (read and encoded in worker threads) while the mattes are read and
+    written."""
     outcome = _Outcome()
-    frames = iter_frames(input)
     started = time.monotonic()
     async with stream:
         outcome.model, outcome.session = stream.started.model, stream.started.session
@@ -173,7 +226,7 @@ def _summary(outcome: _Outcome) -> str:
 
 
 def _whip(
-    input: Path,
+    source: _Source,
     url: str,
     alpha_out: Path | None,
     downsample: float | None,
@@ -184,24 +237,20 @@ def _whip(
     frame that came back with none repeating the previous one."""
     from ptq4vm_client.whip import WhipError, WhipPublisher
 
-    with user_errors():
-        info = probe(input)
-        publisher = WhipPublisher(
-            url, token=token, model=model, downsample_ratio=downsample, output="alpha"
-        )
-        try:
-            result = asyncio.run(publisher.run(iter_frames(input), fps=float(info.fps or 15.0)))
-        except WhipError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-        if alpha_out is not None:
-            with open_writer(
-                alpha_out, "alpha", width=info.width, height=info.height, fps=info.fps
-            ) as writer:
-                previous = np.zeros((info.height, info.width), np.uint8)
-                for frame in result.frames:
-                    previous = frame if frame is not None else previous
-                    writer.write(previous)
+    publisher = WhipPublisher(
+        url, token=token, model=model, downsample_ratio=downsample, output="alpha"
+    )
+    try:
+        result = asyncio.run(publisher.run(source.frames, fps=float(source.fps)))
+    except WhipError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if alpha_out is not None:
+        with _alpha_writer(alpha_out, source) as writer:
+            previous = np.zeros((source.height, source.width), np.uint8)
+            for frame in result.frames:
+                previous = frame if frame is not None else previous
+                writer.write(previous)
     outcome = _Outcome(
         frames=result.sent, latencies_s=result.latencies_s, dropped=result.dropped,
         model=result.stats[0]["model"] if result.stats else "", session=result.location,
