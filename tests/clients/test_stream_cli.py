@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +63,27 @@ def test_stream_camera_errors_are_clear(tmp_path: Path, clip_rgb: list[NDArray[n
     result = CliRunner().invoke(cli, ["stream", str(clip), "--seconds", "2", *url])
     assert result.exit_code == 2
     assert "--seconds is for --camera" in result.output
+
+
+def test_ctrl_c_ends_a_camera_stream_cleanly(
+    server: RunningServer, clip_rgb: list[NDArray[np.uint8]], tmp_path: Path
+) -> None:
+    """The first Ctrl-C (SIGINT) ends the capture: the session stops, the summary is printed
+    and the alpha of every frame sent is written (a camera has no end of its own)."""
+    clip = png_dir(clip_rgb + clip_rgb, tmp_path / "clip")  # longer than the wait below
+    out = tmp_path / "alpha"
+    cmd = [sys.executable, "-m", "ptq4vm_core.cli", "stream", str(clip / "%04d.png"), "--camera"]
+    cmd += ["--url", server.ws, "--alpha-out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    while "Ctrl-C ends it" not in (line := proc.stdout.readline()) and line:
+        lines.append(line)
+    assert line, "".join(lines)
+    time.sleep(1.5)  # the session starts, frames go
+    proc.send_signal(signal.SIGINT)
+    output = line + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    sent = int(re.search(r"(\d+) frames sent", output).group(1))  # type: ignore[union-attr]
+    assert 0 < sent < 2 * len(clip_rgb), output
+    assert len(sorted(out.glob("*.png"))) == sent

@@ -60,6 +60,12 @@ def _open_source(input: Path, camera: bool, seconds: float | None) -> Iterator[_
         return
     stop = threading.Event()
     with open_camera(str(input)) as device:
+        limit = f" for {seconds:g} s" if seconds is not None else ""
+        console.print(
+            f"capturing {input} ({device.width}x{device.height}, {float(device.fps):g} fps)"
+            f"{limit}; Ctrl-C ends it",
+            highlight=False,
+        )
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             frames = takewhile(lambda _: not stop.is_set(), device.frames(seconds))
