@@ -6,6 +6,8 @@
 // (webrtc.js); "auto" picks between the tab and the server. In the tab, plan.js picks the
 // backend, graph and downsample ratio from what this device measured.
 // Test hooks: window.ptq4vmStats, window.ptq4vm and body[data-state].
+// Past 400 lines because the four modes share the page's state, its stats and its compositing;
+// what each mode needs beyond that lives in its own module (tab.js, plan.js, webrtc.js, ...).
 
 import { SceneCuts } from "./scene.js";
 import { TabPlan, ratioLadder } from "./plan.js";
