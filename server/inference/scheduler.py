@@ -1,11 +1,16 @@
 """Inference scheduling: frames from every session run in a thread pool, fairly, in batches.
 
-The event loop only queues work and hands it to `workers` threads; decoding, the engine call
-and encoding all run in those threads, never on the loop. Each stream (a WebSocket session, a
-video job, a `/v1/matte` request) has at most one frame in the scheduler at a time, because
-frame N+1 needs the state frame N returns; serving the ready queue first-in first-out is then
-round-robin across streams. Two lanes: `realtime` (sessions, single images) and `batch`
-(video jobs); when both wait, one batch frame runs for every `batch_share` realtime ones.
+The event loop only queues work and hands it to `workers` threads; decoding and the engine
+call run in those threads, never on the loop, and each result's `finish` (encoding) runs in a
+codec thread of its own: the worker is free for the next frame's engine call while the last
+one is encoded (on a 2-core machine the engine does not keep both cores busy every moment, and
+the encode fills the gaps: measured in docs/server.md, "Serving efficiency").
+
+Each stream (a WebSocket session, a video job, a `/v1/matte` request) has at most one frame in
+the scheduler at a time, because frame N+1 needs the state frame N returns; serving the ready
+queue first-in first-out is then round-robin across streams. Two lanes: `realtime` (sessions,
+single images) and `batch` (video jobs); when both wait, one batch frame runs for every
+`batch_share` realtime ones.
 
 Micro-batching: when a worker takes a frame it also takes up to `max_batch - 1` other ready
 frames of the same lane with the same engine, size, ratio and state structure, and runs them
@@ -23,6 +28,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any, Generic
 
 import numpy as np
@@ -86,6 +92,24 @@ class Done(Generic[S]):
     batch: int
 
 
+Finishing = Callable[[], "Done[S] | BaseException"]
+"""A frame past its engine call: its `finish` (the encode) and bookkeeping, for a codec thread."""
+
+
+def _settle(work: Work[Any], encoding: asyncio.Future[Any]) -> None:
+    """The codec thread's result (a Done, or the exception finish returned) to the waiter."""
+    if work.future is None or work.future.done():
+        return
+    try:
+        result = encoding.result()
+    except BaseException as exc:  # the codec pool was shut down under it
+        result = exc
+    if isinstance(result, BaseException):
+        work.future.set_exception(result)
+    else:
+        work.future.set_result(result)
+
+
 class Scheduler(Generic[S]):
     """Runs the works of every stream whose engines have state type `S` (the engines'
     `EngineState` in the server)."""
@@ -103,6 +127,7 @@ class Scheduler(Generic[S]):
         self._share = batch_share
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-infer")
+        self._codec = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-codec")
         self._ready: dict[Lane, deque[Work[S]]] = {lane: deque() for lane in Lane}
         self._free = workers
         self._realtime_run = 0
@@ -132,6 +157,7 @@ class Scheduler(Generic[S]):
                 if work.future is not None and not work.future.done():
                     work.future.set_exception(RuntimeError("the server is shutting down"))
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._codec.shutdown, wait=True, cancel_futures=True)
 
     # On the event loop -------------------------------------------------------------------------
 
@@ -177,28 +203,32 @@ class Scheduler(Generic[S]):
         return []
 
     def _finished(
-        self, batch: list[Work[S]], running: asyncio.Future[list[Done[S] | BaseException]]
+        self, batch: list[Work[S]], running: asyncio.Future[list[Finishing[S] | BaseException]]
     ) -> None:
         self._free += 1
         try:
-            results: list[Done[S] | BaseException] = running.result()
+            results: list[Finishing[S] | BaseException] = running.result()
         except BaseException as exc:  # the pool was shut down under it
             results = [exc] * len(batch)
+        loop = asyncio.get_running_loop()
         for work, result in zip(batch, results, strict=True):
             if work.future is None or work.future.done():
                 continue
             if isinstance(result, BaseException):
                 work.future.set_exception(result)
+            elif self._closed:
+                work.future.set_exception(RuntimeError("the server is shutting down"))
             else:
-                work.future.set_result(result)
+                encoding = loop.run_in_executor(self._codec, result)
+                encoding.add_done_callback(lambda f, w=work: _settle(w, f))  # type: ignore[misc]
         if not self._closed:
             self._dispatch()
 
     # In a worker thread ------------------------------------------------------------------------
 
-    def _execute(self, batch: list[Work[S]]) -> list[Done[S] | BaseException]:
+    def _execute(self, batch: list[Work[S]]) -> list[Finishing[S] | BaseException]:
         started = time.monotonic()
-        results: list[Done[S] | BaseException | None] = [None] * len(batch)
+        results: list[Finishing[S] | BaseException | None] = [None] * len(batch)
         inputs: list[Float32Array] = []
         good: list[int] = []
         decode_s: dict[int, float] = {}
@@ -226,7 +256,8 @@ class Scheduler(Generic[S]):
             else:
                 self._observe_infer(first, infer_s, len(good))
                 for j, i in enumerate(good):
-                    results[i] = self._finish(
+                    results[i] = partial(
+                        self._finish,
                         batch[i],
                         None if out.fgr is None else out.fgr[j],
                         out.pha[j],
