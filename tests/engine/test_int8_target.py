@@ -181,6 +181,8 @@ def test_the_avx2_target_is_exact_on_avx2_kernels(
     assert max(diffs) <= ONE_LEVEL, result
 
 
+# 26 s: builds every peer of benchmarks/engine.py; a benchmark's own check, in test-slow.
+@pytest.mark.slow
 def test_the_engine_benchmark_builds_its_peers_without_vnni(
     monkeypatch: pytest.MonkeyPatch,
     avx2_artifact: Path,

@@ -206,6 +206,8 @@ def test_a_failed_job_leaves_nothing(admin: RunningServer, tmp_path: Path) -> No
     assert not (admin.settings.calibrations_dir / job_id).exists()
 
 
+# 29 s: two servers and a calibration; tests/faults/test_restart.py restarts one by default.
+@pytest.mark.slow
 def test_records_survive_a_restart(
     start_server: ServerFactory, assets: Assets, tmp_path: Path
 ) -> None:
