@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.assets import sample_clip_path
+from ptq4vm_core.calib.evalclips import build_eval_clips
 from ptq4vm_core.cli.common import parse_size
 from ptq4vm_core.engine import load_engine
-from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
-from ptq4vm_core.io.evalclip import BACKGROUNDS, moving_background, write_composite_clip
+from ptq4vm_core.engine.frames import alpha_to_uint8
 from ptq4vm_core.io.metrics import SequenceMetrics
 from ptq4vm_core.io.video import iter_frames, read_alpha_frames
 from ptq4vm_core.paths import cache_root
@@ -52,30 +50,8 @@ METRICS = ("MAD", "MSE", "dtSSD")
 
 def eval_clips(size: tuple[int, int]) -> list[Path]:
     """The evaluation clips at `size` (built once, cached)."""
-    width, height = size
-    root = cache_root() / f"evalclips-{width}x{height}"
-    clips = [root / name for name in BACKGROUNDS]
-    todo = [clip for clip in clips if not (clip / "pha").is_dir()]
-    if not todo:
-        return clips
-    fp32 = load_engine("fp32")
-    mattes = list(matte_frames(fp32, iter_frames(sample_clip_path()), 1.0))
-
-    def resized(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)
-
-    fgr = [resized(rgb_to_uint8(m.fgr)) for m in mattes]
-    pha = [resized(alpha_to_uint8(m.pha)) for m in mattes]
-    for clip in todo:
-        staging = clip.with_name(f".{clip.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-
-        def background(index: int, w: int, h: int, kind: str = clip.name) -> NDArray[np.uint8]:
-            return moving_background(kind, index, w, h)
-
-        write_composite_clip(staging, fgr, pha, background)
-        staging.rename(clip)
-    return clips
+    root = cache_root() / f"evalclips-{size[0]}x{size[1]}"
+    return build_eval_clips(load_engine("fp32"), sample_clip_path(), root, size=size)
 
 
 def alphas(engine: Any, frames: list[NDArray[np.uint8]], ratio: float) -> list[NDArray[np.uint8]]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -30,11 +31,20 @@ Background = Callable[[int, int, int], NDArray[np.uint8]]
 
 
 def build_eval_clips(
-    engine: Engine, clip: Path, out_root: Path, *, downsample_ratio: float = 1.0
+    engine: Engine,
+    clip: Path,
+    out_root: Path,
+    *,
+    downsample_ratio: float = 1.0,
+    size: tuple[int, int] | None = None,
 ) -> list[Path]:
-    """One clip per background under out_root/<background>/{com,pha}; existing ones are kept."""
+    """One clip per background under out_root/<background>/{com,pha}; existing ones are kept.
+    `size` (W, H): the foreground and alpha resized to it before compositing (the clip's own
+    size otherwise), so the resized alpha is the composites' exact truth."""
     targets = {out_root / b: partial(moving_background, b) for b in BACKGROUNDS}
-    return composite_clips(engine, clip, targets, downsample_ratio, what="evaluation clip")
+    return composite_clips(
+        engine, clip, targets, downsample_ratio, what="evaluation clip", size=size
+    )
 
 
 def composite_clips(
@@ -44,6 +54,7 @@ def composite_clips(
     downsample_ratio: float = 1.0,
     *,
     what: str = "clip",
+    size: tuple[int, int] | None = None,
 ) -> list[Path]:
     """The clip's foreground and alpha (by `engine`) over each target's background, written to
     <target>/{com,pha}; a target already written is kept, the clip is matted once for all the
@@ -58,11 +69,17 @@ def composite_clips(
         shutil.rmtree(staging, ignore_errors=True)
         count = write_composite_clip(
             staging,
-            (rgb_to_uint8(m.fgr) for m in mattes),
-            (alpha_to_uint8(m.pha) for m in mattes),
+            (_resized(rgb_to_uint8(m.fgr), size) for m in mattes),
+            (_resized(alpha_to_uint8(m.pha), size) for m in mattes),
             background,
         )
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
         logger.info("%s %s: %d frames", what, out, count)
     return list(targets)
+
+
+def _resized(image: NDArray[np.uint8], size: tuple[int, int] | None) -> NDArray[np.uint8]:
+    if size is None:
+        return image
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)

@@ -96,18 +96,23 @@ Finishing = Callable[[], "Done[S] | BaseException"]
 """A frame past its engine call: its `finish` (the encode) and bookkeeping, for a codec thread."""
 
 
-def _settle(work: Work[Any], encoding: asyncio.Future[Any]) -> None:
-    """The codec thread's result (a Done, or the exception finish returned) to the waiter."""
+def _resolve(work: Work[Any], result: Any) -> None:
+    """`result` (a Done, or an exception) to the work's waiter, unless it is gone."""
     if work.future is None or work.future.done():
         return
-    try:
-        result = encoding.result()
-    except BaseException as exc:  # the codec pool was shut down under it
-        result = exc
     if isinstance(result, BaseException):
         work.future.set_exception(result)
     else:
         work.future.set_result(result)
+
+
+def _settle(work: Work[Any], encoding: asyncio.Future[Any]) -> None:
+    """The codec thread's result (a Done, or the exception finish returned) to the waiter."""
+    try:
+        result = encoding.result()
+    except BaseException as exc:  # the codec pool was shut down under it
+        result = exc
+    _resolve(work, result)
 
 
 class Scheduler(Generic[S]):
@@ -212,13 +217,11 @@ class Scheduler(Generic[S]):
             results = [exc] * len(batch)
         loop = asyncio.get_running_loop()
         for work, result in zip(batch, results, strict=True):
-            if work.future is None or work.future.done():
-                continue
+            if self._closed and not isinstance(result, BaseException):
+                result = RuntimeError("the server is shutting down")
             if isinstance(result, BaseException):
-                work.future.set_exception(result)
-            elif self._closed:
-                work.future.set_exception(RuntimeError("the server is shutting down"))
-            else:
+                _resolve(work, result)
+            elif work.future is not None and not work.future.done():
                 encoding = loop.run_in_executor(self._codec, result)
                 encoding.add_done_callback(lambda f, w=work: _settle(w, f))  # type: ignore[misc]
         if not self._closed:
