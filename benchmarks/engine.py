@@ -106,6 +106,9 @@ LABELS = {
     "ours_ov": "our W8A8 artifact's int8 graph on OpenVINO, static shapes, OpenVINO's form",
     "ov_bf16_alpha": "OpenVINO bf16 asked for alpha only (what a stream asks)",
     "ours_ov_alpha": "ours W8A8 on OpenVINO asked for alpha only (streams, /v1/matte)",
+    "ours_ov_bf16": "ours W8A8 on OpenVINO with the bf16 precision hint (the int8 graph's float "
+    "parts on bf16 units)",
+    "ours_ov_bf16_alpha": "the same asked for alpha only",
     "avx2_ort": "our AVX2-target artifact (7-bit dense weights) on ONNX Runtime",
     "avx2_ov": "our AVX2-target artifact on OpenVINO, static shapes",
     "avx2_ov_alpha": "the AVX2 target on OpenVINO asked for alpha only",
@@ -242,14 +245,15 @@ def noisy_simulation(artifact: Path) -> TorchEngine:
     return TorchEngine(model, name="sim-noisy")
 
 
-def parity(artifact: Path, kind: EngineKind) -> dict[str, Any]:
-    """The engine `kind` runs `artifact` on here against its simulation, over the sample clip
-    and over its negated frames; where this CPU refuses the engine, the reason."""
+def parity(artifact: Path, kind: EngineKind, bf16: bool = False) -> dict[str, Any]:
+    """The engine `kind` runs `artifact` on here (`bf16`: OpenVINO's, with the bf16 hint)
+    against its simulation, over the sample clip and over its negated frames; where this CPU
+    refuses the engine, the reason."""
     manifest = read_manifest(artifact)
     row: dict[str, Any] = {"artifact": artifact.name, "bits": manifest.bits,
                            "target": manifest.int8_target.value}  # fmt: skip
     try:
-        deployed = load_engine(str(artifact), kind)
+        deployed = load_engine(str(artifact), kind, int8_precision="bf16" if bf16 else "f32")
     except OpenVinoUnavailableError as exc:
         return row | {"engine": f"{kind.value}: refused", "refused": str(exc)}
     sim = load_engine(str(artifact), "sim")
@@ -287,10 +291,11 @@ def graph_pairs_safe(model: Path) -> bool:
 
 
 def int8_openvino(artifact: Path, key: str, marks: dict[str, str]) -> Engine:
-    """The artifact on OpenVINO; where this CPU refuses it (8-bit weights, no VNNI), the same
-    compiled graph built directly, timed, and marked as not exact here."""
+    """The artifact on OpenVINO, its float parts at f32; where this CPU refuses it (8-bit
+    weights, no VNNI), the same compiled graph built directly, timed, and marked as not exact
+    here."""
     try:
-        return load_engine(str(artifact), EngineKind.OPENVINO)
+        return load_engine(str(artifact), EngineKind.OPENVINO, int8_precision="f32")
     except OpenVinoUnavailableError:
         graphs = cached_export(artifact)
         marks[key] = SATURATES
@@ -298,6 +303,13 @@ def int8_openvino(artifact: Path, key: str, marks: dict[str, str]) -> Engine:
         return OpenVinoEngine(
             {True: graphs.openvino_full_resolution, False: graphs.openvino_general}, name=name
         )
+
+
+def int8_bf16(artifact: Path) -> Engine:
+    """The artifact's int8 graph on OpenVINO with the bf16 precision hint: the integer convs
+    as before, what is float between them (hard-swish, SE gates, the GRUs, resizes, the
+    guided-filter tail) on the CPU's bf16 units."""
+    return load_engine(str(artifact), EngineKind.OPENVINO, int8_precision="bf16")
 
 
 SATURATES = "int8 kernels that saturate on this CPU (8-bit weights, x86 without VNNI)"
@@ -329,10 +341,13 @@ def peers(
             raise SystemExit(f"--avx2 {avx2} is not saturation-safe: calibrate it with "
                              "--int8-target avx2")  # fmt: skip
         engines["avx2_ort"] = load_engine(str(avx2), EngineKind.ORT)
-        engines["avx2_ov"] = load_engine(str(avx2), EngineKind.OPENVINO)
+        engines["avx2_ov"] = load_engine(str(avx2), EngineKind.OPENVINO, int8_precision="f32")
     if "ov_bf16" in engines:
         engines["ov_bf16_alpha"] = AlphaOnly(engines["ov_bf16"])
     engines["ours_ov_alpha"] = AlphaOnly(engines["ours_ov"])
+    if "ov_bf16" in engines and "ours_ov" not in marks:
+        engines["ours_ov_bf16"] = int8_bf16(artifact)
+        engines["ours_ov_bf16_alpha"] = AlphaOnly(engines["ours_ov_bf16"])
     if "ours_ov" in marks:
         marks["ours_ov_alpha"] = SATURATES
     if avx2 is not None:
@@ -443,7 +458,16 @@ def main() -> None:
         # The simulation's speed does not matter here; one PyTorch thread keeps it from
         # fighting the runtimes' spinning pools for the two cores.
         torch.set_num_threads(1)
-        names = ("fp32", "ov_bf16", "qs_ort", "ours_ort", "ours_ov", "avx2_ov", "mediapipe")
+        names = (
+            "fp32",
+            "ov_bf16",
+            "qs_ort",
+            "ours_ort",
+            "ours_ov",
+            "ours_ov_bf16",
+            "avx2_ov",
+            "mediapipe",
+        )
         judged = {k: engines[k] for k in names if k in engines}
         judged["ours (sim)"] = load_engine(str(args.artifact), "sim")
         if args.avx2 is not None:
@@ -455,6 +479,9 @@ def main() -> None:
         for artifact in checked:
             for kind in (EngineKind.OPENVINO, EngineKind.ORT):
                 extra["parity"].append(parity(artifact, kind))
+                write(meta, rows, extra, name)
+            if "ours_ov_bf16" in engines:
+                extra["parity"].append(parity(artifact, EngineKind.OPENVINO, bf16=True))
                 write(meta, rows, extra, name)
     for engine in engines.values():
         if isinstance(engine, MediaPipeEngine):

@@ -21,6 +21,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 HEADLINES = {
     "W8A8 (VNNI target)": ("ours_ov", "ours_ov_alpha"),
     "AVX2 target (saturation-safe)": ("avx2_ov", "avx2_ov_alpha"),
+    "W8A8 with the bf16 hint (float parts on bf16 units)": ("ours_ov_bf16", "ours_ov_bf16_alpha"),
 }
 
 

@@ -24,6 +24,9 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, which OpenVINO's CPU plugin honours) that stop below
 # every VNNI ISA: with one of them set, oneDNN saturates whatever the CPU has.
 NO_VNNI_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+# The caps that stop below oneDNN's bf16 ISA (AVX512_CORE_BF16): bf16 is then emulated, not
+# run on the CPU's bf16 units, although OpenVINO still lists BF16 among its capabilities.
+NO_BF16_CAPS = NO_VNNI_CAPS | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
 # Why the int8 model does not run on OpenVINO where `int8_dot_exact` is false (logs, errors).
 SATURATION_REASON = (
     "this CPU's int8 convolutions saturate in OpenVINO (x86 without VNNI: pairs of u8 x s8 "
@@ -96,6 +99,11 @@ def default_int8_target() -> Int8Target:
 def machine() -> str:
     """The CPU architecture, lower case (`x86_64`, `aarch64`, ...)."""
     return platform.machine().lower()
+
+
+def bf16_capped() -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA keeps oneDNN (so OpenVINO) off the CPU's bf16 units."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_BF16_CAPS
 
 
 def int8_dot_exact() -> bool:

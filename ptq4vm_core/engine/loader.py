@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import (
     OpenVinoEngine,
     OpenVinoUnavailableError,
+    Precision,
+    cpu_has_bf16,
     openvino_available,
 )
 from ptq4vm_core.engine.ort_engine import OrtEngine
@@ -34,7 +37,11 @@ class ModelNotFoundError(Exception):
 
 
 def load_engine(
-    model: str | Verified, kind: EngineKind | str = EngineKind.AUTO, *, root: Path | None = None
+    model: str | Verified,
+    kind: EngineKind | str = EngineKind.AUTO,
+    *,
+    root: Path | None = None,
+    int8_precision: Precision | None = None,
 ) -> Engine:
     """An engine for `model`: a name, or an artifact verified already (`artifact.verify`: it is
     verified once, and its export and engines take that value).
@@ -47,8 +54,10 @@ def load_engine(
     convolutions are exact: on every CPU for a saturation-safe artifact (computed from its
     integers, `artifact.saturation`: the `avx2` target's), and for any other only where the
     CPU has VNNI (`cpu.int8_dot_exact`); elsewhere AUTO is ONNX Runtime on its exact u8u8
-    kernels and OPENVINO is refused with the reason. ORT and OPENVINO choose the
-    runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch simulation of an artifact."""
+    kernels and OPENVINO is refused with the reason. On OpenVINO the int8 graph's float parts
+    run at `int8_precision` (default: `int8_float_precision()`, bf16 where the CPU has it). ORT
+    and OPENVINO choose the runtime; TORCH is the PyTorch FP32 network; SIM the PyTorch
+    simulation of an artifact."""
     kind = EngineKind(kind)
     if model == FP32:
         weights = weights_path(root)
@@ -91,13 +100,29 @@ def load_engine(
     # Where ONNX Runtime's u8 x s8 kernels saturate on this artifact, its exact u8u8 kernels
     # (about 5% slower on RVM, docs/engine.md).
     ort_int8 = lambda: QuantizedOrtEngine(graphs, u8u8=saturates)  # noqa: E731
+    precision = int8_precision or int8_float_precision()
     openvino_int8 = lambda: OpenVinoEngine(  # noqa: E731
         {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
-        name=f"openvino-int8-{bits}",
+        name=f"openvino-int8-{bits}" + ("-bf16" if precision == "bf16" else ""),
+        precision=precision,
         root=root,
         fallback=ort_int8,
     )
     return _pick(kind, ort_int8, openvino_int8)
+
+
+def int8_float_precision() -> Precision:
+    """The precision OpenVINO runs the float parts of an int8 graph at (hard-swish, SE gates,
+    the GRUs, resizes, the guided-filter tail; the int8 convs are integer either way):
+    $PTQ4VM_INT8_FLOAT_PRECISION (`f32` or `bf16`), else `bf16` where the CPU has bf16 units
+    (faster at every size of docs/benchmarks/engine-vnni.md, quality and parity in its tables)
+    and `f32` elsewhere."""
+    wanted = os.environ.get("PTQ4VM_INT8_FLOAT_PRECISION", "auto").strip().lower()
+    if wanted in ("f32", "bf16"):
+        return "bf16" if wanted == "bf16" and cpu_has_bf16() else "f32"
+    if wanted != "auto":
+        raise ValueError(f"PTQ4VM_INT8_FLOAT_PRECISION={wanted!r}: expected auto, f32 or bf16")
+    return "bf16" if cpu_has_bf16() else "f32"
 
 
 def _pick(kind: EngineKind, ort: Callable[[], Engine], openvino: Callable[[], Engine]) -> Engine:

@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from ptq4vm_core.engine.base import EngineState, Float32Array, MaybeState, Output, StepEngine
+from ptq4vm_core.engine.cpu import bf16_capped
 from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -94,8 +95,9 @@ def openvino_available() -> bool:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether the CPU plugin can run bf16 here (AVX-512 BF16 or AMX)."""
-    if not openvino_available():
+    """Whether the CPU plugin can run bf16 here (AVX-512 BF16 or AMX, oneDNN not capped below
+    them by ONEDNN_MAX_CPU_ISA)."""
+    if not openvino_available() or bf16_capped():
         return False
     capabilities = openvino_core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
     return "BF16" in capabilities
