@@ -120,7 +120,7 @@ def test_auto_is_the_int8_engine_and_sim_the_simulation(
     # (tests/engine/test_openvino.py checks the fallbacks to ONNX Runtime).
     assert load_engine(str(w8a8_artifact)).name == deployed_int8("w8a8")
     if int8_dot_exact():
-        assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
+        assert load_engine(str(w8a8_artifact), EngineKind.OPENVINO).name == deployed_int8("w8a8")
     assert load_engine(str(w8a8_artifact), EngineKind.ORT).name == ort_int8("w8a8")
     assert load_engine(str(w8a8_artifact), EngineKind.SIM).name == "sim-w8a8"
     with pytest.raises(ValueError, match="does not apply to a quantized artifact"):

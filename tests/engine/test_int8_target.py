@@ -111,6 +111,8 @@ def test_auto_chooses_per_cpu_class(
     mislabelled_artifact: Path,
     use_engine_cache: Path,
 ) -> None:
+    monkeypatch.delenv("PTQ4VM_INT8_FLOAT_PRECISION", raising=False)
+    monkeypatch.setattr(engine_loader, "cpu_has_bf16", lambda: False)
     monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: False)  # AVX2-only x86
     assert load_engine(str(avx2_artifact)).name == "openvino-int8-w8a8"
     assert load_engine(str(avx2_artifact), EngineKind.OPENVINO).name == "openvino-int8-w8a8"
@@ -122,6 +124,42 @@ def test_auto_chooses_per_cpu_class(
     monkeypatch.setattr(engine_loader, "int8_dot_exact", lambda: True)  # VNNI
     for artifact in (avx2_artifact, w8a8_artifact, mislabelled_artifact):
         assert load_engine(str(artifact)).name == "openvino-int8-w8a8"
+    monkeypatch.setattr(engine_loader, "cpu_has_bf16", lambda: True)  # VNNI + bf16 (Zen 4)
+    for artifact in (avx2_artifact, w8a8_artifact):
+        engine = load_engine(str(artifact))
+        assert (engine.name, engine.precision) == ("openvino-int8-w8a8-bf16", "bf16")
+    # The benchmarks' f32 rows on the same CPU.
+    engine = load_engine(str(w8a8_artifact), EngineKind.OPENVINO, int8_precision="f32")
+    assert (engine.name, engine.precision) == ("openvino-int8-w8a8", "f32")
+
+
+def test_the_int8_float_precision_follows_the_cpu_and_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bf16 for an int8 graph's float parts where the CPU has bf16 units (faster at every
+    size, same quality: docs/benchmarks/engine-vnni.md); PTQ4VM_INT8_FLOAT_PRECISION=f32
+    keeps f32 there; bf16 is never asked of a CPU without it."""
+    for has, auto in ((True, "bf16"), (False, "f32")):
+        monkeypatch.setattr(engine_loader, "cpu_has_bf16", lambda has=has: has)
+        for setting, want in ((None, auto), ("auto", auto), ("F32", "f32"), ("bf16", auto)):
+            if setting is None:
+                monkeypatch.delenv("PTQ4VM_INT8_FLOAT_PRECISION", raising=False)
+            else:
+                monkeypatch.setenv("PTQ4VM_INT8_FLOAT_PRECISION", setting)
+            assert engine_loader.int8_float_precision() == want, (has, setting)
+    monkeypatch.setenv("PTQ4VM_INT8_FLOAT_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="expected auto, f32 or bf16"):
+        engine_loader.int8_float_precision()
+
+
+def test_an_onednn_cap_below_bf16_turns_bf16_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO lists BF16 among its capabilities under ONEDNN_MAX_CPU_ISA=AVX2 too; the
+    engines must not ask for bf16 there (it would be emulated, and capped runs stand for CPUs
+    without it)."""
+    has = "BF16" in openvino_engine.openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    for cap, want in (("AVX2", False), ("avx512_core_vnni", False), ("AVX512_CORE_BF16", has)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert openvino_engine.cpu_has_bf16() is want, cap
 
 
 def test_cpu_class_and_default_target(monkeypatch: pytest.MonkeyPatch) -> None:

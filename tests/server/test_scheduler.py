@@ -197,3 +197,42 @@ def test_states_that_cannot_share_a_batch_are_refused() -> None:
         stack_states([numpy_state, None])
     with pytest.raises(TypeError, match="torch tensors with one of numpy arrays"):
         stack_states([numpy_state, torch_state])
+
+
+def test_a_waiting_frame_is_decoded_ahead_and_a_replaced_one_is_not_used() -> None:
+    """While the worker runs one stream's frame, another stream's queued frame is decoded in a
+    codec thread (the worker then goes straight to the engine); when that frame is replaced
+    before it runs (latest-frame-wins), the replacement is what the engine gets."""
+    engine = FakeEngine(delay=0.3)
+    decoded_in: dict[str, str] = {}
+
+    def decode(name: str, value: float):  # noqa: ANN202
+        def run() -> Float32Array:
+            decoded_in[name] = threading.current_thread().name
+            return np.full((1, 3, 4, 4), value, np.float32)
+
+        return run
+
+    async def main() -> tuple[Done, Done]:
+        scheduler = Scheduler(workers=1)
+        first = work(engine, "a")
+        first.decode = decode("a", 0.0)
+        waiting = work(engine, "b")
+        waiting.decode = decode("b-old", 0.25)
+        waiting.finish = lambda fgr, pha: float(fgr.max())
+        running = asyncio.create_task(scheduler.run(first))
+        await asyncio.sleep(0.05)  # the worker holds "a" for 0.3 s
+        queued = asyncio.create_task(scheduler.run(waiting))
+        await asyncio.sleep(0.05)
+        assert waiting.prefetched is not None and not waiting.dispatched
+        waiting.decode = decode("b", 0.75)  # a newer frame replaces it, as sessions do
+        scheduler.prefetch(waiting)
+        done = await asyncio.gather(running, queued)
+        await scheduler.aclose()
+        return done[0], done[1]
+
+    _, replaced = asyncio.run(main())
+    assert decoded_in["a"].startswith("ptq4vm-infer")  # a free worker decodes its own frame
+    assert decoded_in["b"].startswith("ptq4vm-codec")
+    assert replaced.payload == 0.75  # the replacement's pixels, not the stale frame's
+    assert replaced.decode_s >= 0.0
