@@ -206,7 +206,7 @@ def test_a_waiting_frame_is_decoded_ahead_and_a_replaced_one_is_not_used() -> No
     engine = FakeEngine(delay=0.3)
     decoded_in: dict[str, str] = {}
 
-    def decode(name: str, value: float):  # noqa: ANN202
+    def decode(name: str, value: float):
         def run() -> Float32Array:
             decoded_in[name] = threading.current_thread().name
             return np.full((1, 3, 4, 4), value, np.float32)
@@ -224,7 +224,8 @@ def test_a_waiting_frame_is_decoded_ahead_and_a_replaced_one_is_not_used() -> No
         await asyncio.sleep(0.05)  # the worker holds "a" for 0.3 s
         queued = asyncio.create_task(scheduler.run(waiting))
         await asyncio.sleep(0.05)
-        assert waiting.prefetched is not None and not waiting.dispatched
+        assert waiting.prefetched is not None
+        assert not waiting.dispatched
         waiting.decode = decode("b", 0.75)  # a newer frame replaces it, as sessions do
         scheduler.prefetch(waiting)
         done = await asyncio.gather(running, queued)
