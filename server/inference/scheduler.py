@@ -4,10 +4,7 @@ The event loop only queues work and hands it to `workers` threads; decoding and 
 call run in those threads, never on the loop, and each result's `finish` (encoding) runs in a
 codec thread of its own: the worker is free for the next frame's engine call while the last
 one is encoded (on a 2-core machine the engine does not keep both cores busy every moment, and
-the encode fills the gaps: measured in docs/server.md, "Serving efficiency"). A frame that has
-to wait for a worker is decoded meanwhile in a codec thread too (`prefetch`), so the worker
-that takes it goes straight to the engine; a frame replaced before it runs (latest-frame-wins)
-is prefetched again and the stale decode dropped, cancelled if it has not started.
+the encode fills the gaps: measured in docs/server.md, "Serving efficiency").
 
 Each stream (a WebSocket session, a video job, a `/v1/matte` request) has at most one frame in
 the scheduler at a time, because frame N+1 needs the state frame N returns; serving the ready
@@ -28,7 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -51,8 +48,6 @@ class Lane(StrEnum):
 
 Decode = Callable[[], Float32Array]
 """Runs in a worker: the frame as [1,3,H,W] float32 in [0,1]; raises to refuse the frame."""
-Decoded = tuple[Float32Array, float]
-"""A decoded frame and the seconds its decode took."""
 Finish = Callable[[Float32Array | None, Float32Array], Any]
 """Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
 float32 in [0,1]) -> what the caller gets."""
@@ -78,8 +73,6 @@ class Work(Generic[S]):
     dispatched: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Done[S]] | None = None
-    # The frame decoded ahead in a codec thread, for the `decode` it was started from.
-    prefetched: tuple[Decode, Future[Decoded]] | None = None
 
     def batch_key(self) -> Hashable:
         key = (id(self.engine), self.size, self.ratio, self.alpha_only)
@@ -101,28 +94,6 @@ class Done(Generic[S]):
 
 Finishing = Callable[[], "Done[S] | BaseException"]
 """A frame past its engine call: its `finish` (the encode) and bookkeeping, for a codec thread."""
-
-
-def _timed_decode(decode: Decode) -> Decoded:
-    t = time.monotonic()
-    src = decode()
-    return src, time.monotonic() - t
-
-
-def _decoded(work: Work[Any]) -> Decoded:
-    """The work's frame: its prefetch's result (waited for: it is running or queued in a
-    codec thread) when that was started from the current `decode`, else decoded here."""
-    if work.prefetched is not None:
-        decode, pending = work.prefetched
-        work.prefetched = None
-        if decode is work.decode:
-            try:
-                return pending.result()
-            except CancelledError:  # the codec pool was shut down under it
-                pass
-        else:
-            pending.cancel()
-    return _timed_decode(work.decode)
 
 
 def _resolve(work: Work[Any], result: Any) -> None:
@@ -177,26 +148,7 @@ class Scheduler(Generic[S]):
         work.enqueued_at = time.monotonic()
         self._ready[work.lane].append(work)
         self._dispatch()
-        if not work.dispatched:
-            self.prefetch(work)
-        try:
-            return await work.future
-        finally:
-            if work.prefetched is not None and not work.dispatched:
-                work.prefetched[1].cancel()  # the wait was cancelled: nobody takes the frame
-
-    def prefetch(self, work: Work[S]) -> None:
-        """Decode a queued work's frame now, in a codec thread, so that the worker which takes
-        it goes straight to the engine; the caller calls it again after replacing `decode`
-        (a decode of the replaced frame is cancelled if it has not started)."""
-        if work.dispatched:  # a worker has it (and its prefetch) already
-            return
-        if work.prefetched is not None:
-            work.prefetched[1].cancel()
-            work.prefetched = None
-        if self._closed:
-            return
-        work.prefetched = (work.decode, self._codec.submit(_timed_decode, work.decode))
+        return await work.future
 
     def pending(self) -> int:
         return sum(len(q) for q in self._ready.values())
@@ -284,13 +236,13 @@ class Scheduler(Generic[S]):
         good: list[int] = []
         decode_s: dict[int, float] = {}
         for i, work in enumerate(batch):
+            t = time.monotonic()
             try:
-                src, decode_s[i] = _decoded(work)
-                inputs.append(src)
+                inputs.append(work.decode())
                 good.append(i)
             except Exception as exc:
                 results[i] = exc
-                decode_s[i] = 0.0
+            decode_s[i] = time.monotonic() - t
         if good:
             first = batch[good[0]]
             try:

@@ -151,7 +151,6 @@ class Session:
         if work is not None and not work.dispatched:
             self._drop(work.tag.seq)
             work.tag, work.decode = tag, partial(self._decode, data)
-            self._scheduler.prefetch(work)
         elif work is not None or self._backed_up():
             if self._pending is not None:
                 self._drop(self._pending[0].seq)
