@@ -28,7 +28,8 @@ server's memory over time):
   (--saturate) sessions that send as fast as they receive (--inflight frames outstanding each,
   alpha PNG out, JPEG in), --step-seconds each; the best served fps over the bench fps is the
   serving efficiency. Where the rest goes, per served frame, from the server's own histograms
-  (decode, inference, encode, the worker's idle time between frames); with --profile, py-spy
+  (decode, inference, encode, the worker's idle time between frames); --output alpha_raw
+  measures with raw alpha bytes instead of PNGs (no deflate); with --profile, py-spy
   samples the server during one more step at the best session count and the report gives the
   share of its samples per part (decode, inference, encode, scheduling, event loop).
 
@@ -551,7 +552,7 @@ async def efficiency(
         return asdict(
             await saturated_run(
                 url, frames, size, model, n, args.step_seconds, args.inflight,
-                args.max_batch, args.downsample,
+                args.max_batch, args.downsample, args.output,
             )
         )  # fmt: skip
 
@@ -580,6 +581,7 @@ async def efficiency(
         "bench_fps_rounds": [round(r["bench"]["fps"], 2) for r in rounds],
         "efficiency_rounds": [r["efficiency"] for r in rounds],
         "inflight": args.inflight,
+        "output": args.output,
         "step_seconds": args.step_seconds,
         "steps": typical["steps"],
         "best_sessions": best["sessions"],
@@ -733,6 +735,9 @@ def render_flood(parts: dict[str, Any]) -> list[str]:
     return lines
 
 
+OUTPUTS = {"alpha_png": "alpha PNGs", "alpha_raw": "raw 8-bit alpha (H*W bytes a frame)"}
+
+
 def render_efficiency(parts: dict[str, Any]) -> list[str]:
     lines = []
     for config, part in parts.items():
@@ -746,7 +751,8 @@ def render_efficiency(parts: dict[str, Any]) -> list[str]:
             f"`ptq4vm bench --alpha-only` in the median round: **{bench['fps']:.1f} fps** "
             f"({bench['engine']}, {bench['size']}, ratio {bench['downsample_ratio']:g}, "
             f"{bench['threads']} threads, p50 {bench['ms_p50']:.1f} ms). Sessions send JPEG as "
-            f"fast as they receive alpha PNGs ({part['inflight']} frames outstanding each), "
+            f"fast as they receive {OUTPUTS[part.get('output', 'alpha_png')]} "
+            f"({part['inflight']} frames outstanding each), "
             f"{part['step_seconds']:g} s per step, clients on the same machine.",
             "",
             f"**Serving efficiency: {part['efficiency']:.1%}** of the engine's fps, the median "
@@ -841,6 +847,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=1)
     parser.add_argument("--bench-frames", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3, help="efficiency: bench + steps, R times")
+    parser.add_argument(
+        "--output", choices=sorted(OUTPUTS), default="alpha_png", help="efficiency: matte format"
+    )
     parser.add_argument("--engine", default="auto", help="the server's and bench's runtime")
     parser.add_argument("--profile", action="store_true", help="py-spy the server (efficiency)")
     parser.add_argument("--step-seconds", type=float, default=30.0)
@@ -892,6 +901,8 @@ def main() -> None:
             key = f"flood/{args.flood_sessions} sessions from one address, witness {args.size}"
         elif args.efficiency:
             key = f"efficiency/{config}, {args.engine}, max_batch {args.max_batch}"
+            if args.output != "alpha_png":
+                key += f", {args.output}"
         else:
             key = "soak" if not args.find_max else f"find_max/{config}, {args.fps:g} fps"
         write(args.out, key, part)

@@ -129,15 +129,16 @@ async def session(
     until: float,
     latencies: list[float],
     downsample: float | None = None,
+    output: str = "alpha_png",
 ) -> tuple[int, int, int, float]:
-    """Streams until `until`; returns (sent, matted, dropped, seconds)."""
+    """Streams until `until`, mattes as `output`; returns (sent, matted, dropped, seconds)."""
     async with connect(url, compression=None, max_size=None) as ws:
         start = {
             "type": "start",
             "width": size[0],
             "height": size[1],
             "input": "jpeg",
-            "output": "alpha_png",
+            "output": output,
             "model": model,
             "downsample_ratio": downsample,
         }
@@ -161,7 +162,7 @@ async def session(
             message = json.loads(await ws.recv())
             if message["type"] != "matte":
                 raise RuntimeError(f"unexpected message: {message}")
-            await ws.recv()  # the PNG
+            await ws.recv()  # the matte's bytes
             now = time.monotonic()
             latencies.append(now - sent_at.pop(message["seq"]))
             for seq in message["dropped"]:
@@ -191,12 +192,13 @@ async def run(
     inflight: int,
     max_batch: int,
     downsample: float | None = None,
+    output: str = "alpha_png",
 ) -> RunResult:
     latencies: list[float] = []
     until = time.monotonic() + seconds
     results = await asyncio.gather(
         *(
-            session(url, frames, size, model, inflight, until, latencies, downsample)
+            session(url, frames, size, model, inflight, until, latencies, downsample, output)
             for _ in range(sessions)
         )
     )
