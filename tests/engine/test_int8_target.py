@@ -127,9 +127,11 @@ def test_auto_chooses_per_cpu_class(
     monkeypatch.setattr(engine_loader, "cpu_has_bf16", lambda: True)  # VNNI + bf16 (Zen 4)
     for artifact in (avx2_artifact, w8a8_artifact):
         engine = load_engine(str(artifact))
+        assert isinstance(engine, openvino_engine.OpenVinoEngine)
         assert (engine.name, engine.precision) == ("openvino-int8-w8a8-bf16", "bf16")
     # The benchmarks' f32 rows on the same CPU.
     engine = load_engine(str(w8a8_artifact), EngineKind.OPENVINO, int8_precision="f32")
+    assert isinstance(engine, openvino_engine.OpenVinoEngine)
     assert (engine.name, engine.precision) == ("openvino-int8-w8a8", "f32")
 
 
