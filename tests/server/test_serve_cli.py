@@ -15,8 +15,8 @@ from tests.net import free_port
 from tests.server.conftest import Assets, make_home
 
 
-def serve(home: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PTQ4VM_HOME": str(home), "PTQ4VM_BUILD_DEFAULT": "false"}
+def serve(home: Path, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PTQ4VM_HOME": str(home), "PTQ4VM_BUILD_DEFAULT": "false", **extra_env}
     return subprocess.Popen(
         [sys.executable, "-m", "ptq4vm_core.cli", "serve", *args],
         env=env,
@@ -63,4 +63,15 @@ def test_serve_refuses_bad_options(
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 2, output
     assert message in output
+    assert "Traceback" not in output
+
+
+def test_serve_refuses_a_bad_int8_precision_setting(tmp_path: Path, assets: Assets) -> None:
+    proc = serve(
+        make_home(tmp_path / "home", assets), "--port", str(free_port()),
+        PTQ4VM_INT8_FLOAT_PRECISION="fp16",
+    )  # fmt: skip
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2, output
+    assert "PTQ4VM_INT8_FLOAT_PRECISION='fp16': expected auto, f32 or bf16" in output
     assert "Traceback" not in output
