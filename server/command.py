@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ptq4vm_core.cli.common import console, user_errors
 from ptq4vm_core.engine import FP32, EngineKind
-from ptq4vm_core.engine.loader import int8_float_precision, resolve_artifact
+from ptq4vm_core.engine.loader import int8_precision_setting, resolve_artifact
 from server.main import run
 from server.settings import Settings
 
@@ -48,7 +48,7 @@ def serve_command(
             raise ValueError(f"invalid settings: {problems}") from None
         if settings.model is not None and settings.model != FP32:
             resolve_artifact(settings.model, settings.home)
-        int8_float_precision()  # PTQ4VM_INT8_FLOAT_PRECISION checked before anything is served
+        int8_precision_setting()  # PTQ4VM_INT8_FLOAT_PRECISION checked before serving
         console.print(
             f"serving on http://{settings.host}:{settings.port} (docs at /docs, "
             f"stream at ws://{settings.host}:{settings.port}/v1/stream)",

@@ -100,14 +100,17 @@ def load_engine(
     # Where ONNX Runtime's u8 x s8 kernels saturate on this artifact, its exact u8u8 kernels
     # (about 5% slower on RVM, docs/engine.md).
     ort_int8 = lambda: QuantizedOrtEngine(graphs, u8u8=saturates)  # noqa: E731
-    precision = int8_precision or int8_float_precision()
-    openvino_int8 = lambda: OpenVinoEngine(  # noqa: E731
-        {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
-        name=f"openvino-int8-{bits}" + ("-bf16" if precision == "bf16" else ""),
-        precision=precision,
-        root=root,
-        fallback=ort_int8,
-    )
+
+    def openvino_int8() -> Engine:
+        precision = int8_precision or int8_float_precision()
+        return OpenVinoEngine(
+            {True: graphs.openvino_full_resolution, False: graphs.openvino_general},
+            name=f"openvino-int8-{bits}" + ("-bf16" if precision == "bf16" else ""),
+            precision=precision,
+            root=root,
+            fallback=ort_int8,
+        )
+
     return _pick(kind, ort_int8, openvino_int8)
 
 
@@ -117,12 +120,17 @@ def int8_float_precision() -> Precision:
     $PTQ4VM_INT8_FLOAT_PRECISION (`f32` or `bf16`), else `bf16` where the CPU has bf16 units
     (faster at every size of docs/benchmarks/engine-vnni.md, quality and parity in its tables)
     and `f32` elsewhere."""
+    wanted = int8_precision_setting()
+    return "bf16" if wanted != "f32" and cpu_has_bf16() else "f32"
+
+
+def int8_precision_setting() -> str:
+    """$PTQ4VM_INT8_FLOAT_PRECISION as given: `auto` (unset), `f32` or `bf16`; ValueError for
+    anything else (checked without asking the CPU)."""
     wanted = os.environ.get("PTQ4VM_INT8_FLOAT_PRECISION", "auto").strip().lower()
-    if wanted in ("f32", "bf16"):
-        return "bf16" if wanted == "bf16" and cpu_has_bf16() else "f32"
-    if wanted != "auto":
+    if wanted not in ("auto", "f32", "bf16"):
         raise ValueError(f"PTQ4VM_INT8_FLOAT_PRECISION={wanted!r}: expected auto, f32 or bf16")
-    return "bf16" if cpu_has_bf16() else "f32"
+    return wanted
 
 
 def _pick(kind: EngineKind, ort: Callable[[], Engine], openvino: Callable[[], Engine]) -> Engine:
