@@ -7,6 +7,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+import cv2
+
 from ptq4vm_core.engine import ModelNotFoundError
 from server.calibration.default_build import DefaultModelBuilder
 from server.calibration.manager import CalibrationManager
@@ -54,6 +56,7 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
+        cv2.setNumThreads(settings.opencv_threads)  # process-wide: the server's images
         metrics = Metrics()
         registry = ModelRegistry(
             settings.home,

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # One batch-lane (video job) frame is run for every `batch_lane_share` realtime frames
     # when both are waiting, so jobs never starve live sessions nor starve themselves.
     batch_lane_share: PositiveInt = 4
+    # OpenCV's threads per image operation (the frames' decode, conversion and PNG encode).
+    # One: the engine's threads own the cores, and OpenCV's pool spreading a 5 ms decode over
+    # both of them stalls the engine more than it saves (docs/server.md, "Serving efficiency").
+    opencv_threads: PositiveInt = 1
 
     # REST and video jobs (DESIGN 4.4).
     max_image_bytes: PositiveInt = 16 * MiB

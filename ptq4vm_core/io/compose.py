@@ -49,11 +49,37 @@ def to_uint8(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
             f"to_uint8 expects a float array in [0, 1], got dtype {x.dtype}; "
             "uint8 images need no conversion"
         )
+    if x.dtype == np.float32:
+        return _float32_to_uint8(x)
     scaled = x * np.asarray(255, dtype=x.dtype)
     np.nan_to_num(scaled, copy=False, nan=0.0)
     np.clip(scaled, 0, 255, out=scaled)
     np.rint(scaled, out=scaled)
     return scaled.astype(np.uint8)
+
+
+# float32 -> uint8 in chunks that stay in the cache: clip to [-1, 2] (NaN stays NaN, infinities
+# and huge values come into the range where the result saturates alike), then one OpenCV pass
+# computes x * float32(255) in float32, rounds it to nearest, ties to even, and saturates
+# (NaN -> 0). The same bytes as the general path above (tests/io/test_video.py compares them
+# over every float32 in [0, 1] and its edges), at a third of its time on a 720p matte: this
+# runs once per served frame.
+_CHUNK = 1 << 18
+_TIMES_255 = np.full(_CHUNK, 255, np.float32)
+
+
+def _float32_to_uint8(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.size, np.uint8)
+    scratch = np.empty(min(_CHUNK, flat.size), np.float32)
+    for start in range(0, flat.size, _CHUNK):
+        stop = min(start + _CHUNK, flat.size)
+        # [1, n]: OpenCV takes a 1-d array of up to 4 values for a scalar, never a 2-d one.
+        part = scratch[: stop - start].reshape(1, -1)
+        np.clip(flat[start:stop].reshape(1, -1), -1.0, 2.0, out=part)
+        times = _TIMES_255[: stop - start].reshape(1, -1)
+        cv2.multiply(part, times, dst=out[start:stop].reshape(1, -1), dtype=cv2.CV_8U)
+    return out.reshape(x.shape)
 
 
 def _solid(rgb: tuple[int, int, int], width: int, height: int) -> npt.NDArray[np.uint8]:

@@ -52,23 +52,19 @@ def image_size(data: bytes) -> tuple[int, int]:
 def decode_image(data: bytes) -> NDArray[np.uint8]:
     """PNG/JPEG -> [H,W,3] uint8 RGB, contiguous; FrameError if undecodable. Check
     `image_size` against a limit first: this decodes every pixel the header declares."""
-    return np.ascontiguousarray(_decode_rgb_view(data))
-
-
-def _decode_rgb_view(data: bytes) -> NDArray[np.uint8]:
-    # The decoder's BGR pixels seen as RGB (a reversed view, no copy).
     image_size(data)
     buffer = np.frombuffer(data, np.uint8)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
-    if bgr is None:
+    # RGB from the decoder itself: contiguous, which is what `to_batch` reads fastest.
+    rgb = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB) if buffer.size else None
+    if rgb is None:
         raise FrameError("bad_frame", f"cannot decode {len(data)} bytes as a PNG or JPEG image")
-    return np.asarray(bgr[..., ::-1], dtype=np.uint8)  # a view: the dtype is uint8 already
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDArray[np.uint8]:
-    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError. A view, not
-    a copy (of the message's bytes for rgb24, read-only; of the decoded image, reversed from
-    BGR, for PNG/JPEG): `to_batch` reads it once into the engine's input."""
+    """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError: for rgb24 a
+    view of the message's bytes (read-only, no copy), for PNG/JPEG the decoded image;
+    `to_batch` reads it once into the engine's input."""
     if fmt == "rgb24":
         check_raw_size(data, width, height)
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
@@ -81,7 +77,7 @@ def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDAr
             f"frame is {declared[0]}x{declared[1]}, the session was started at "
             f"{width}x{height}; start a new session for another size",
         )
-    rgb = _decode_rgb_view(data)
+    rgb = decode_image(data)
     if rgb.shape[:2] != (height, width):
         raise FrameError("bad_frame", "the frame decodes to another size than its header")
     return rgb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -20,6 +21,16 @@ def test_healthz_and_readyz(server: RunningServer) -> None:
     assert (body["status"], body["model"]) == ("ready", "fp32")
     assert "fp32" in body["loaded"]
     assert body["default_model"]["state"] == "off"
+
+
+def test_opencv_threads_follow_the_setting(start_server: ServerFactory) -> None:
+    # One OpenCV thread by default (the engine's threads own the cores); the setting changes it.
+    cv2.setNumThreads(3)
+    start_server()
+    assert cv2.getNumThreads() == 1
+    start_server(opencv_threads=2)
+    assert cv2.getNumThreads() == 2
+    cv2.setNumThreads(1)
 
 
 def test_metrics_after_streaming(server: RunningServer, clip_rgb: list[NDArray[np.uint8]]) -> None:
