@@ -479,13 +479,14 @@ def timings(base: str) -> dict[str, float]:
 
 def breakdown(before: dict[str, float], after: dict[str, float], fps: float) -> dict[str, float]:
     """Per served frame (ms): decode, inference (per frame; an engine call may batch several),
-    encode, their sum (the worker's busy time), and the wall time per frame (1000/fps)."""
+    encode, the inference worker's busy time (decode + inference: the encode runs beside it,
+    in a codec thread) and the wall time per frame (1000/fps)."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     frames = max(1.0, d.get("frames", 0.0))
     row = {p: round(1e3 * d.get(f"{p}_sum", 0.0) / frames, 2) for p in ("decode", "encode")}
     row["inference"] = round(1e3 * d.get("inference_sum", 0.0) / frames, 2)
     row["queue"] = round(1e3 * d.get("queue_sum", 0.0) / frames, 2)
-    row["busy"] = round(row["decode"] + row["inference"] + row["encode"], 2)
+    row["busy"] = round(row["decode"] + row["inference"], 2)
     row["wall"] = round(1e3 / fps, 2) if fps > 0 else float("nan")
     row["frames"] = int(d.get("frames", 0.0))
     return row
@@ -799,9 +800,10 @@ def render_efficiency(parts: dict[str, Any]) -> list[str]:
             "",
             *efficiency_summary(part),
             "",
-            "Per served frame (ms, from the server's histograms): the worker's decode, inference "
-            "and encode, their sum, and the wall time per frame (1000 / served fps); "
-            "wall - busy is the worker idle between frames (hand-offs, the event loop).",
+            "Per served frame (ms, from the server's histograms): decode, inference and encode; "
+            "busy, the inference worker's time (decode + inference: the encode runs beside it "
+            "in a codec thread); the wall time per frame (1000 / served fps); wall - busy is the "
+            "worker idle between frames (hand-offs, the event loop).",
             "",
             "| sessions | served fps | bench fps | of bench | p50 ms | p99 ms | decode | inference "
             "| encode | busy | wall | idle |",
