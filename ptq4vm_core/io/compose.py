@@ -61,9 +61,9 @@ def to_uint8(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
 # float32 -> uint8 in chunks that stay in the cache: clip to [-1, 2] (NaN stays NaN, infinities
 # and huge values come into the range where the result saturates alike), then one OpenCV pass
 # computes x * float32(255) in float32, rounds it to nearest, ties to even, and saturates
-# (NaN -> 0). The same bytes as the general path above (tests/io/test_video.py compares them
-# over every float32 in [0, 1] and its edges), at a third of its time on a 720p matte: this
-# runs once per served frame.
+# (NaN -> 0). The same bytes as the general path above (tests/engine/test_frames.py compares
+# them near every rounding tie, at the edges and on the specials), in a third of its time on a
+# 720p matte: this runs once per served frame.
 _CHUNK = 1 << 18
 _TIMES_255 = np.full(_CHUNK, 255, np.float32)
 
