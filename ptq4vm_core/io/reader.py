@@ -104,9 +104,8 @@ def _imread(path: Path, flags: int) -> npt.NDArray[Any]:
 
 
 def _read_rgb_image(path: Path) -> npt.NDArray[np.uint8]:
-    # IMREAD_COLOR turns grey, 16-bit and RGBA images into 8-bit BGR.
-    bgr = _imread(path, cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(bgr[..., ::-1])
+    # IMREAD_COLOR_RGB turns grey, 16-bit and RGBA images into 8-bit RGB, contiguous.
+    return _imread(path, cv2.IMREAD_COLOR_RGB)
 
 
 def _to_8bit(image: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:

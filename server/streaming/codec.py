@@ -53,8 +53,12 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
     """PNG/JPEG -> [H,W,3] uint8 RGB, contiguous; FrameError if undecodable. Check
     `image_size` against a limit first: this decodes every pixel the header declares."""
     image_size(data)
-    buffer = np.frombuffer(data, np.uint8)
+    return _decoded_rgb(data)
+
+
+def _decoded_rgb(data: bytes) -> NDArray[np.uint8]:
     # RGB from the decoder itself: contiguous, which is what `to_batch` reads fastest.
+    buffer = np.frombuffer(data, np.uint8)
     rgb = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB) if buffer.size else None
     if rgb is None:
         raise FrameError("bad_frame", f"cannot decode {len(data)} bytes as a PNG or JPEG image")
@@ -77,7 +81,7 @@ def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDAr
             f"frame is {declared[0]}x{declared[1]}, the session was started at "
             f"{width}x{height}; start a new session for another size",
         )
-    rgb = decode_image(data)
+    rgb = _decoded_rgb(data)  # the header was read above
     if rgb.shape[:2] != (height, width):
         raise FrameError("bad_frame", "the frame decodes to another size than its header")
     return rgb
