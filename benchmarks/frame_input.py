@@ -1,5 +1,7 @@
-"""From a streamed frame's bytes to the engine's input: time per frame, and a check that the
-result is bit-identical to the former four-copy conversion (kept here as the reference).
+"""From a streamed frame's bytes to an engine's float input: time per frame, and a check that
+the result is bit-identical to the former four-copy conversion (kept here as the reference).
+The server hands the decoded frame itself to the engine (`frames.infer_frames`): OpenVINO
+converts it in its graph, every other engine gets `frames_to_batch` of it, timed here.
 
     .venv/bin/python benchmarks/frame_input.py [--rounds N]
 
@@ -17,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
-from server.streaming.codec import InputFormat, decode_frame, to_batch
+from ptq4vm_core.engine.frames import frames_to_batch
+from server.streaming.codec import InputFormat, decode_frame
 
 SIZES = ((512, 288), (1280, 720))
 
@@ -38,7 +41,7 @@ def former(data: bytes, fmt: InputFormat, width: int, height: int) -> Float32Arr
 
 
 def current(data: bytes, fmt: InputFormat, width: int, height: int) -> Float32Array:
-    return to_batch(decode_frame(data, fmt, width, height))
+    return frames_to_batch([decode_frame(data, fmt, width, height)])
 
 
 def median_ms(fn: Callable[[], object], rounds: int) -> float:

@@ -494,7 +494,7 @@ def breakdown(before: dict[str, float], after: dict[str, float], fps: float) -> 
 
 # py-spy's frames -> the part of the server they are in, first match from the leaf up.
 PARTS = (
-    ("decode", ("decode_frame", "decode_image", "to_batch", "frames_to_batch", "_decode")),
+    ("decode", ("decode_frame", "decode_image", "frames_to_batch", "_decode")),
     ("encode", ("encode_alpha", "alpha_to_uint8", "_finish")),
     ("inference", ("infer",)),
     ("scheduling", ("_execute", "_dispatch", "_take", "_finished", "_worker", "run_in_executor")),

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Engine, Float32Array, S
-from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.frames import infer_frames
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 
@@ -38,7 +38,8 @@ class MatteFrame:
 def matte_frames(
     engine: Engine[S], frames: Iterable[NDArray[np.uint8]], downsample_ratio: float
 ) -> Iterator[MatteFrame]:
-    """Run `engine` over `frames` ([H,W,3] uint8 RGB, all one size) as one stream."""
+    """Run `engine` over `frames` ([H,W,3] uint8 RGB, all one size) as one stream, each frame
+    given to the engine as the server gives it (`frames.infer_frames`): the same mattes."""
     state: S | None = None
     size: tuple[int, ...] | None = None
     for index, frame in enumerate(frames):
@@ -49,6 +50,6 @@ def matte_frames(
                 f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the stream started at "
                 f"{size[1]}x{size[0]}; all frames of a clip must have one size"
             )
-        out = engine.infer(frames_to_batch([frame]), state, downsample_ratio)
+        out = infer_frames(engine, frame[None], state, downsample_ratio)
         state = out.state
         yield MatteFrame(index, frame, out.foreground()[0], out.pha[0])

@@ -14,6 +14,7 @@ from typing_extensions import TypeVar
 from ptq4vm_core.model.matting import check_downsample_ratio
 
 Float32Array = NDArray[np.float32]
+Uint8Array = NDArray[np.uint8]
 StateArray = Float32Array | torch.Tensor
 StateFields = tuple[StateArray, ...]
 """What any engine state is: an immutable NamedTuple of per-stream arrays, batch first. Its
@@ -112,6 +113,24 @@ class StepEngine(ABC):
 
 
 @runtime_checkable
+class FrameEngine(Protocol[S]):
+    """An engine that takes video frames themselves, uint8 [B,H,W,3] RGB, and turns them into
+    its float input inside its own graph (OpenVINO: on its threads, without the [B,3,H,W]
+    float32 copy). `frames.infer_frames` calls any engine so."""
+
+    def infer_frames(
+        self,
+        frames: Uint8Array,
+        state: S | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> EngineOutput[S]:
+        """As `Engine.infer` on `frames.frames_to_batch` of the frames."""
+        ...
+
+
+@runtime_checkable
 class CompilingEngine(Protocol):
     """An engine that specialises itself per stream shape (OpenVINO's static shapes)."""
 
@@ -123,8 +142,10 @@ class CompilingEngine(Protocol):
         downsample_ratio: float,
         *,
         alpha_only: bool = False,
+        frames: bool = False,
     ) -> float:
-        """Makes the first frame of that shape fast (compiles now); returns the seconds taken."""
+        """Makes the first frame of that shape fast (compiles now); returns the seconds taken.
+        `frames`: for `infer_frames` (uint8 frames in) rather than `infer`."""
         ...
 
 
@@ -136,10 +157,13 @@ def compile_shape(
     downsample_ratio: float,
     *,
     alpha_only: bool = False,
+    frames: bool = False,
 ) -> float:
-    """Compiles `engine` for a stream shape (and whether the stream wants alpha only) ahead of
-    its first frame where it compiles per shape (call it off the event loop); 0 for engines
-    that do not."""
+    """Compiles `engine` for a stream shape (and whether the stream wants alpha only, and
+    whether it is fed frames through `infer_frames`) ahead of its first frame where it
+    compiles per shape (call it off the event loop); 0 for engines that do not."""
     if isinstance(engine, CompilingEngine):
-        return engine.compile_shape(batch, height, width, downsample_ratio, alpha_only=alpha_only)
+        return engine.compile_shape(
+            batch, height, width, downsample_ratio, alpha_only=alpha_only, frames=frames
+        )
     return 0.0

@@ -6,13 +6,21 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from ptq4vm_core.engine.base import Float32Array
+from ptq4vm_core.engine.base import (
+    Engine,
+    EngineOutput,
+    Float32Array,
+    FrameEngine,
+    S,
+    Uint8Array,
+)
 from ptq4vm_core.io.video import to_uint8
 
-_SCALE = np.float32(1.0 / 255.0)
+PIXEL_SCALE = np.float32(1.0 / 255.0)
+"""uint8 -> [0,1]: x * PIXEL_SCALE in float32 (engines that take frames multiply by it too)."""
 # Every uint8 value's float: x * float32(1/255) computed in float32, so a lookup in it is the
 # same conversion, bit for bit, as the multiplication (tests/engine/test_frames.py).
-_TO_FLOAT = np.arange(256, dtype=np.float32) * _SCALE
+_TO_FLOAT = np.arange(256, dtype=np.float32) * PIXEL_SCALE
 
 
 def frames_to_batch(frames: list[NDArray[np.uint8]]) -> Float32Array:
@@ -36,6 +44,33 @@ def frames_to_batch(frames: list[NDArray[np.uint8]]) -> Float32Array:
         for plane, out in zip(planes, row, strict=True):
             cv2.LUT(plane, _TO_FLOAT, dst=out)
     return batch
+
+
+def check_frames(frames: Uint8Array) -> None:
+    """ValueError unless `frames` is uint8 [B,H,W,3] (what `infer_frames` takes)."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(
+            f"frames must be uint8 [B,H,W,3] RGB, got {frames.dtype} {list(frames.shape)}"
+        )
+
+
+def infer_frames(
+    engine: Engine[S],
+    frames: Uint8Array,
+    state: S | None,
+    downsample_ratio: float,
+    *,
+    alpha_only: bool = False,
+) -> EngineOutput[S]:
+    """`engine` on B frames, uint8 [B,H,W,3] RGB of one stream shape: an engine that takes
+    frames itself (`FrameEngine`, OpenVINO) converts them in its graph; any other is given
+    `frames_to_batch` of them."""
+    check_frames(frames)
+    if isinstance(engine, FrameEngine):
+        return engine.infer_frames(frames, state, downsample_ratio, alpha_only=alpha_only)
+    return engine.infer(
+        frames_to_batch(list(frames)), state, downsample_ratio, alpha_only=alpha_only
+    )
 
 
 def alpha_to_uint8(pha: Float32Array) -> NDArray[np.uint8]:

@@ -10,6 +10,11 @@ inference threads), kept for the life of the engine and, through OpenVINO's mode
 (`CACHE_DIR`), on disk under `$PTQ4VM_HOME/engines/openvino/`, so a restart loads the compiled
 blob instead of compiling again.
 
+A stream fed video frames (`infer_frames`: uint8 [B,H,W,3] RGB, what the server decodes) gets
+a model of its own whose input is those bytes: OpenVINO's preprocessing converts them to the
+graph's [B,3,H,W] float32 (x * float32(1/255)) on the engine's threads, instead of a 2-D
+float copy per frame in the caller's thread before the call.
+
 The recurrent state is carried through the graph's inputs and outputs as an `EngineState` (the
 same value `OrtEngine` passes, so the server's batching treats both alike). `None` starts a
 stream: zeros of the compiled state shapes, which is what the published graph's 1x1x1x1 zero
@@ -31,8 +36,16 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ptq4vm_core.engine.base import EngineState, Float32Array, MaybeState, Output, StepEngine
+from ptq4vm_core.engine.base import (
+    EngineState,
+    Float32Array,
+    MaybeState,
+    Output,
+    StepEngine,
+    Uint8Array,
+)
 from ptq4vm_core.engine.cpu import bf16_capped
+from ptq4vm_core.engine.frames import PIXEL_SCALE, check_frames, frames_to_batch
 from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -53,9 +66,11 @@ MAX_CACHED_BLOBS = 64
 try:  # an optional runtime: ONNX Runtime is the fallback where it is missing
     import openvino as ov
     from openvino import opset13 as ov_ops
+    from openvino.preprocess import PrePostProcessor
 except ImportError:  # pragma: no cover - exercised where openvino is not installed
     ov = None
     ov_ops = None
+    PrePostProcessor = None
 
 
 class OpenVinoUnavailableError(RuntimeError):
@@ -112,6 +127,7 @@ class ShapeKey(NamedTuple):
     ratio: float
     threads: int
     alpha_only: bool = False  # compiled without the foreground (`fgr` result removed)
+    frames: bool = False  # its input is uint8 [B,H,W,3] frames (`infer_frames`)
 
 
 @dataclass
@@ -161,7 +177,26 @@ def static_model(path: Path, key: ShapeKey) -> tuple[Any, tuple[tuple[int, ...],
         # What only the foreground needs (its coefficients' slices, the products with the
         # image, its clip) is dropped with the result: a fifth of a 720p frame.
         model.remove_result(model.output("fgr").get_node())
+    if key.frames:
+        model = frames_input(model)
     return model, shapes
+
+
+def frames_input(model: Any) -> Any:
+    """`model` with its `src` taken as uint8 [B,H,W,3] RGB frames: converted to float32,
+    multiplied by float32(1/255) and transposed to [B,3,H,W] in the graph (OpenVINO's
+    preprocessing). The plugin folds the scale into the first operations, so the result
+    agrees with the float input of `frames_to_batch` to float32 rounding (tests/engine/
+    test_openvino.py), not bit for bit."""
+    ppp = PrePostProcessor(model)
+    src = ppp.input("src")
+    src.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    src.model().set_layout(ov.Layout("NCHW"))
+    scale = ov_ops.constant(np.array(PIXEL_SCALE, np.float32))
+    src.preprocess().convert_element_type(ov.Type.f32).custom(
+        lambda node: ov_ops.multiply(node, scale).output(0)
+    )
+    return ppp.build()
 
 
 def prune_cache(directory: Path, keep: int) -> None:
@@ -291,12 +326,13 @@ class OpenVinoEngine(StepEngine):
         downsample_ratio: float,
         *,
         alpha_only: bool = False,
+        frames: bool = False,
     ) -> float:
         """Compiles (or loads from the disk cache) the model for a stream shape ahead of its
         first frame; returns the seconds it took (0 when already compiled)."""
         ratio = check_downsample_ratio(downsample_ratio)
         threads = BUDGET.threads(self.threads)
-        key = ShapeKey(batch, height, width, ratio, threads, alpha_only)
+        key = ShapeKey(batch, height, width, ratio, threads, alpha_only, frames)
         with self._lock:
             if key in self._compiled or key in self._refused:
                 return 0.0
@@ -312,6 +348,36 @@ class OpenVinoEngine(StepEngine):
         compiled = self._runner(ShapeKey(batch, height, width, ratio, threads, alpha_only))
         if not isinstance(compiled, Compiled):
             return compiled.infer(src, state, ratio, alpha_only=alpha_only)
+        return self._run(compiled, src, state, alpha_only)
+
+    def infer_frames(
+        self,
+        frames: Uint8Array,
+        state: MaybeState,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> Output:
+        """As `infer` on `frames_to_batch` of `frames` (uint8 [B,H,W,3] RGB), converted in the
+        graph (`frames_input`)."""
+        check_frames(frames)
+        ratio = check_downsample_ratio(downsample_ratio)
+        batch, height, width, _ = frames.shape
+        threads = BUDGET.threads(self.threads)
+        key = ShapeKey(batch, height, width, ratio, threads, alpha_only, frames=True)
+        compiled = self._runner(key)
+        if not isinstance(compiled, Compiled):
+            src = frames_to_batch(list(frames))
+            return compiled.infer(src, state, ratio, alpha_only=alpha_only)
+        return self._run(compiled, np.ascontiguousarray(frames), state, alpha_only)
+
+    def _run(
+        self,
+        compiled: Compiled,
+        src: Float32Array | Uint8Array,
+        state: MaybeState,
+        alpha_only: bool,
+    ) -> Output:
         if state is None:
             states = [np.zeros(s, np.float32) for s in compiled.state_shapes]
         else:

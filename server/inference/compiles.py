@@ -39,9 +39,12 @@ class ShapeCompiler:
     async def compile(
         self, engine: Engine, height: int, width: int, ratio: float, *, alpha_only: bool
     ) -> None:
-        """`engine` ready for one stream of HxW frames at `ratio` (compiled now if needed);
-        raises what the engine raises for a shape it cannot run."""
-        call = partial(compile_shape, engine, 1, height, width, ratio, alpha_only=alpha_only)
+        """`engine` ready for one stream of HxW frames at `ratio` (compiled now if needed),
+        fed frames as the scheduler feeds them (`frames.infer_frames`); raises what the
+        engine raises for a shape it cannot run."""
+        call = partial(
+            compile_shape, engine, 1, height, width, ratio, alpha_only=alpha_only, frames=True
+        )
         await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:

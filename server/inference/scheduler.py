@@ -34,7 +34,8 @@ from typing import Any, Generic
 import numpy as np
 
 from ptq4vm_core.engine import Engine
-from ptq4vm_core.engine.base import Float32Array, S
+from ptq4vm_core.engine.base import Float32Array, S, Uint8Array
+from ptq4vm_core.engine.frames import infer_frames
 from server.inference.batching import split_state, stack_states, state_signature
 from server.metrics import Metrics
 
@@ -46,8 +47,9 @@ class Lane(StrEnum):
     BATCH = "batch"
 
 
-Decode = Callable[[], Float32Array]
-"""Runs in a worker: the frame as [1,3,H,W] float32 in [0,1]; raises to refuse the frame."""
+Decode = Callable[[], Uint8Array]
+"""Runs in a worker: the frame as [H,W,3] uint8 RGB (the engine takes it as it is,
+`frames.infer_frames`); raises to refuse the frame."""
 Finish = Callable[[Float32Array | None, Float32Array], Any]
 """Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
 float32 in [0,1]) -> what the caller gets."""
@@ -232,7 +234,7 @@ class Scheduler(Generic[S]):
     def _execute(self, batch: list[Work[S]]) -> list[Finishing[S] | BaseException]:
         started = time.monotonic()
         results: list[Finishing[S] | BaseException | None] = [None] * len(batch)
-        inputs: list[Float32Array] = []
+        inputs: list[Uint8Array] = []
         good: list[int] = []
         decode_s: dict[int, float] = {}
         for i, work in enumerate(batch):
@@ -247,9 +249,11 @@ class Scheduler(Generic[S]):
             first = batch[good[0]]
             try:
                 t = time.monotonic()
-                src = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+                frames = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
                 state = stack_states([batch[i].state for i in good])
-                out = first.engine.infer(src, state, first.ratio, alpha_only=first.alpha_only)
+                out = infer_frames(
+                    first.engine, frames, state, first.ratio, alpha_only=first.alpha_only
+                )
                 infer_s = time.monotonic() - t
                 states = split_state(out.state, len(good))
             except Exception as exc:

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import EngineState, Float32Array, compile_shape
-from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, rgb_to_uint8
+from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
 from ptq4vm_core.io.mattes import MatteWriter
 from ptq4vm_core.io.video import parse_background
 from ptq4vm_core.pipeline import resolve_downsample_ratio
@@ -294,7 +294,9 @@ class JobManager:
         # Compiled here, in the job's thread, not by the first frame in the shared inference
         # workers, where it would hold up every live session.
         alpha_only = job.output == "alpha"  # what _infer asks for (writer.needs_fgr)
-        compile_shape(lease.engine, 1, info.height, info.width, ratio, alpha_only=alpha_only)
+        compile_shape(
+            lease.engine, 1, info.height, info.width, ratio, alpha_only=alpha_only, frames=True
+        )
         bg = None
         if job.output == "composite":
             # The image is the job's own upload, already checked (server.media.sniff); a colour
@@ -340,7 +342,7 @@ class JobManager:
             size=(frame.shape[0], frame.shape[1]),
             ratio=ratio,
             state=state,
-            decode=lambda: frames_to_batch([frame]),
+            decode=lambda: frame,
             finish=finish,
             lane=Lane.BATCH,
             alpha_only=not need_rgb,

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import Float32Array
-from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.engine.frames import alpha_to_uint8
 from ptq4vm_core.io.writer import encode_png
 from server.media.sniff import MediaError, image_header
 
@@ -57,7 +57,7 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
 
 
 def _decoded_rgb(data: bytes) -> NDArray[np.uint8]:
-    # RGB from the decoder itself: contiguous, which is what `to_batch` reads fastest.
+    # RGB from the decoder itself, contiguous: what the engine takes as it is.
     buffer = np.frombuffer(data, np.uint8)
     rgb = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB) if buffer.size else None
     if rgb is None:
@@ -67,8 +67,8 @@ def _decoded_rgb(data: bytes) -> NDArray[np.uint8]:
 
 def decode_frame(data: bytes, fmt: InputFormat, width: int, height: int) -> NDArray[np.uint8]:
     """A frame message -> [H,W,3] uint8 RGB of the session's size, or FrameError: for rgb24 a
-    view of the message's bytes (read-only, no copy), for PNG/JPEG the decoded image;
-    `to_batch` reads it once into the engine's input."""
+    view of the message's bytes (read-only, no copy), for PNG/JPEG the decoded image: the
+    engine's input as it is (`frames.infer_frames`)."""
     if fmt == "rgb24":
         check_raw_size(data, width, height)
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
@@ -95,11 +95,6 @@ def check_raw_size(data: bytes, width: int, height: int) -> None:
             f"rgb24 frame has {len(data)} bytes, a {width}x{height} frame has {expected} "
             "(width*height*3, rows top to bottom, RGB)",
         )
-
-
-def to_batch(rgb: NDArray[np.uint8]) -> Float32Array:
-    """[H,W,3] uint8 (any strides) -> [1,3,H,W] float32 in [0,1]: the one copy."""
-    return frames_to_batch([rgb])
 
 
 def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from ptq4vm_core.engine.base import EngineState, Float32Array
+from ptq4vm_core.engine.base import EngineState, Float32Array, Uint8Array
 from server.inference.scheduler import Done, Scheduler, Work
 from server.metrics import Metrics
 from server.models.registry import ModelLease
 from server.streaming.adaptive import AdaptiveRatio, ratio_ladder
-from server.streaming.codec import check_raw_size, decode_frame, encode_alpha, to_batch
+from server.streaming.codec import check_raw_size, decode_frame, encode_alpha
 from server.streaming.protocol import (
     MatteMessage,
     ServerMessage,
@@ -198,8 +198,8 @@ class Session:
         self.dropped_total += 1
         self._metrics.frames_dropped.inc()
 
-    def _decode(self, data: bytes) -> Float32Array:
-        return to_batch(decode_frame(data, self.start.input, self.start.width, self.start.height))
+    def _decode(self, data: bytes) -> Uint8Array:
+        return decode_frame(data, self.start.input, self.start.width, self.start.height)
 
     def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
         return encode_alpha(pha, self.start.output)

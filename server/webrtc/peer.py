@@ -58,7 +58,7 @@ from server.metrics import Metrics
 from server.models.registry import ModelLease
 from server.settings import Settings
 from server.streaming.capacity import SessionManager
-from server.streaming.codec import decode_frame, network_size_error, to_batch
+from server.streaming.codec import decode_frame, network_size_error
 from server.streaming.protocol import ErrorMessage, MatteMessage, ServerMessage, StartMessage
 from server.streaming.session import Session
 from server.webrtc.render import Background, Output, render
@@ -145,9 +145,9 @@ class WhipSession(Session):
         self.background = background
         self._rgb: NDArray[np.uint8] | None = None
 
-    def _decode(self, data: bytes) -> Float32Array:
+    def _decode(self, data: bytes) -> NDArray[np.uint8]:
         self._rgb = decode_frame(data, "rgb24", self.start.width, self.start.height)
-        return to_batch(self._rgb)
+        return self._rgb
 
     def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
         assert self._rgb is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, infer_frames
+from ptq4vm_core.engine.ort_engine import OrtEngine
 from ptq4vm_core.io.compose import to_uint8
 
 SCALE = np.float32(1.0 / 255.0)
@@ -83,3 +84,19 @@ def test_alpha_and_transposed_views_convert_alike() -> None:
     chw = np.random.default_rng(2).random((3, 30, 40), dtype=np.float32)
     np.testing.assert_array_equal(to_uint8(chw.transpose(1, 2, 0)), rounded(chw).transpose(1, 2, 0))
     assert to_uint8(np.zeros((0, 3), np.float32)).shape == (0, 3)
+
+
+def test_engines_without_frames_get_the_float_batch(weights_file) -> None:
+    """An engine that takes no frames (ONNX Runtime) is given `frames_to_batch` of them: the
+    same bytes in, the same mattes out, batched frames included."""
+    engine = OrtEngine(weights_file)
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (2, 32, 48, 3), np.uint8)
+    got = infer_frames(engine, frames, None, 1.0, alpha_only=True)
+    expected = engine.infer(frames_to_batch(list(frames)), None, 1.0, alpha_only=True)
+    np.testing.assert_array_equal(got.pha, expected.pha)
+    for a, b in zip(got.state, expected.state, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for bad in (frames.astype(np.float32), frames[0], frames[..., :2]):
+        with pytest.raises(ValueError, match="frames must be uint8"):
+            infer_frames(engine, bad, None, 1.0)

@@ -16,9 +16,10 @@ import pytest
 
 from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
+from ptq4vm_core.engine.base import compile_shape
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import SATURATION_REASON, int8_dot_exact
-from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.frames import frames_to_batch, infer_frames
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
 from ptq4vm_core.engine.ort_engine import OrtEngine
@@ -163,7 +164,8 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from ptq4vm_core.engine.cache import cached_export
-from ptq4vm_core.engine.frames import frames_to_batch
+from ptq4vm_core.engine.base import compile_shape
+from ptq4vm_core.engine.frames import frames_to_batch, infer_frames
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine
 from ptq4vm_core.io.video import iter_frames
@@ -314,3 +316,48 @@ def test_onnx_runtime_asked_for_alpha_only_fetches_no_foreground(
     full, alpha = engine.infer(src, None, 0.5), engine.infer(src, None, 0.5, alpha_only=True)
     assert alpha.fgr is None
     np.testing.assert_array_equal(alpha.pha, full.pha)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_frames_in_the_graph_match_the_float_input(
+    weights_file, w8a8_artifact, engine_cache, clip_frames, tmp_path, ratio: float
+) -> None:
+    """`infer_frames` (uint8 frames, converted by OpenVINO's preprocessing in a model of its
+    own) computes what `infer` does on `frames_to_batch` of them, the state carried, up to
+    float32 rounding: the plugin folds the 1/255 into the first operations."""
+    engines = (
+        fp32_openvino(weights_file, tmp_path / "fp32"),
+        int8_openvino(w8a8_artifact, engine_cache, tmp_path / "int8"),
+    )
+    for engine in engines:
+        state_f = state_u = None
+        for frame in clip_frames[:4]:
+            # A read-only buffer, as a streamed rgb24 frame arrives.
+            ro = np.frombuffer(frame.tobytes(), np.uint8).reshape(1, *frame.shape)
+            floats = engine.infer(frames_to_batch([frame]), state_f, ratio, alpha_only=True)
+            frames = infer_frames(engine, ro, state_u, ratio, alpha_only=True)
+            assert frames.pha.dtype == np.float32
+            assert frames.pha.shape == floats.pha.shape
+            np.testing.assert_allclose(frames.pha, floats.pha, rtol=0, atol=1e-5)
+            for a, b in zip(frames.state, floats.state, strict=True):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+            state_f, state_u = floats.state, frames.state
+        assert {key.frames for key in engine._compiled} == {True, False}
+        height, width = clip_frames[0].shape[:2]
+        # The server compiles a stream's shape ahead so: this one is ready.
+        assert compile_shape(engine, 1, height, width, ratio, alpha_only=True, frames=True) == 0
+
+
+def test_frames_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> None:
+    engine = OpenVinoEngine(
+        {True: weights_file, False: weights_file},
+        name="openvino-fp32",
+        cache_dir=tmp_path,
+        fallback=lambda: OrtEngine(weights_file),
+    )
+    tiny = np.full((1, 4, 8, 3), 128, np.uint8)
+    expected = OrtEngine(weights_file).infer(frames_to_batch([tiny[0]]), None, 1.0)
+    got = infer_frames(engine, tiny, None, 1.0)
+    np.testing.assert_array_equal(got.pha, expected.pha)  # the very same conversion
+    with pytest.raises(ValueError, match=r"uint8 \[B,H,W,3\]"):
+        infer_frames(engine, np.zeros((1, 3, 4, 8), np.float32), None, 1.0)

@@ -52,7 +52,7 @@ def work(engine: Any, tag: Any, state: Any = None, lane: Lane = Lane.REALTIME) -
         size=(4, 4),
         ratio=1.0,
         state=state,
-        decode=lambda: np.zeros((1, 3, 4, 4), np.float32),
+        decode=lambda: np.zeros((4, 4, 3), np.uint8),
         finish=lambda fgr, pha: (tag, float(pha.max())),
         lane=lane,
         tag=tag,
@@ -124,10 +124,42 @@ def test_micro_batching_groups_same_size_frames_and_splits_state() -> None:
     assert all(r.state[0].shape == (1, 1) for r in results)
 
 
+class FakeFrameEngine(FakeEngine):
+    """Takes frames itself (`FrameEngine`): records what each call was given."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.05)
+        self.given: list[tuple[np.dtype[Any], tuple[int, ...]]] = []
+
+    def infer_frames(
+        self, frames: NDArray[np.uint8], state: Count | None, ratio: float, *, alpha_only: bool
+    ) -> EngineOutput[Count]:
+        self.given.append((frames.dtype, frames.shape))
+        return self.infer(frames_to_batch(list(frames)), state, ratio, alpha_only=alpha_only)
+
+
+def test_engines_that_take_frames_are_given_the_decoded_frames() -> None:
+    """The decoded uint8 frames go to an engine that converts them itself (OpenVINO, in its
+    graph), one frame or a batch of them stacked; no float copy is made before the call."""
+    engine = FakeFrameEngine()
+
+    async def main() -> list[Done]:
+        scheduler = Scheduler(workers=1, max_batch=4)
+        first = asyncio.ensure_future(scheduler.run(work(engine, "first")))
+        results = await asyncio.gather(*(scheduler.run(work(engine, i)) for i in range(3)))
+        await first
+        await scheduler.aclose()
+        return results
+
+    results = asyncio.run(main())
+    assert engine.given == [(np.dtype(np.uint8), (1, 4, 4, 3)), (np.dtype(np.uint8), (3, 4, 4, 3))]
+    assert [r.payload[1] for r in results] == [1.0, 1.0, 1.0]
+
+
 def test_a_bad_frame_fails_alone() -> None:
     engine = FakeEngine(delay=0.05)
 
-    def bad() -> Float32Array:
+    def bad() -> NDArray[np.uint8]:
         raise ValueError("garbage")
 
     async def main() -> list[Any]:

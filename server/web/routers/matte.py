@@ -21,7 +21,6 @@ from server.streaming.codec import (
     encode_alpha,
     image_size,
     network_size_error,
-    to_batch,
 )
 from server.web.deps import CompilerDep, MetricsDep, RegistryDep, SchedulerDep, SettingsDep
 from server.web.responses import BAD_ORIGIN, MALFORMED_UPLOAD, UPLOADS_BUSY, errors
@@ -90,7 +89,7 @@ async def matte(
             size=(height, width),
             ratio=ratio,
             state=None,
-            decode=lambda: to_batch(rgb),
+            decode=lambda: rgb,
             finish=lambda fgr, pha: encode_alpha(pha, "alpha_png"),
             alpha_only=True,
         )
