@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,7 @@ def test_engines_without_frames_get_the_float_batch(weights_file) -> None:
     np.testing.assert_array_equal(got.pha, expected.pha)
     for a, b in zip(got.state, expected.state, strict=True):
         np.testing.assert_array_equal(a, b)
-    for bad in (frames.astype(np.float32), frames[0], frames[..., :2]):
+    bad_frames: list[Any] = [frames.astype(np.float32), frames[0], frames[..., :2]]
+    for bad in bad_frames:
         with pytest.raises(ValueError, match="frames must be uint8"):
             infer_frames(engine, bad, None, 1.0)
