@@ -615,6 +615,170 @@ async def efficiency(
     return part
 
 
+class Gate:
+    """Sessions that stream in lockstep (send a frame, wait for its matte, send the next: as fast
+    as they receive) while the gate is open, and finish their frame in flight and wait while it
+    is closed: the serve slices of `interleaved`."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.stopping = False
+        self.outstanding = 0
+        self.received: list[float] = []  # monotonic time of every matte
+        self.latencies_ms: list[float] = []
+
+    async def session(self, url: str, frames: list[bytes], start: dict[str, Any]) -> None:
+        async with connect(url, compression=None, max_size=None, open_timeout=60) as ws:
+            await ws.send(json.dumps(start))
+            started = json.loads(await ws.recv())
+            if started.get("type") != "started":
+                raise RuntimeError(f"session refused: {started}")
+            k = 0
+            while True:
+                await self.open.wait()
+                if self.stopping:
+                    break
+                self.outstanding += 1
+                sent = time.monotonic()
+                await ws.send(frames[k % len(frames)])
+                k += 1
+                meta = json.loads(await ws.recv())
+                if meta.get("type") != "matte":
+                    raise RuntimeError(f"unexpected message: {meta}")
+                await ws.recv()  # the matte's bytes
+                now = time.monotonic()
+                self.received.append(now)
+                self.latencies_ms.append((now - sent) * 1e3)
+                self.outstanding -= 1
+            await ws.send(json.dumps({"type": "stop"}))
+
+    async def serve(self, seconds: float, warm_s: float) -> tuple[int, float]:
+        """Open for `seconds`, then closed until no frame is in flight: (mattes received after
+        the first `warm_s`, the seconds they were counted over)."""
+        began = time.monotonic()
+        self.open.set()
+        await asyncio.sleep(seconds)
+        self.open.clear()
+        ended = time.monotonic()
+        while self.outstanding:
+            await asyncio.sleep(0.005)
+        counted = [t for t in self.received if began + warm_s <= t <= ended]
+        return len(counted), ended - began - warm_s
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.open.set()
+
+
+def bench_slice(
+    engine: Any, batches: list[Any], ratio: float, seconds: float, warmup: int = 2
+) -> tuple[int, float]:
+    """The engine alone, as `ptq4vm bench --alpha-only` times it (float batches made before,
+    the state carried), for `seconds` after `warmup` frames: (frames, seconds)."""
+    state = None
+    for i in range(warmup):
+        state = engine.infer(batches[i % len(batches)], state, ratio, alpha_only=True).state
+    n, began = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < seconds:
+        state = engine.infer(batches[n % len(batches)], state, ratio, alpha_only=True).state
+        n += 1
+    return n, elapsed
+
+
+async def interleaved(
+    url: str, base: str, frames: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Per --saturate session count: [bench, serve, bench, serve, ..., bench] in slices of
+    --slice-seconds, --slices serve slices; the engine alone runs in this process (loaded once,
+    the server idle), the sessions stream in lockstep while their slice lasts. A slice's served
+    fps is set against the mean of the bench slices around it; the median of those ratios, and
+    the pooled ratio (all served frames over all serve time, over the same for the bench)."""
+    import cv2
+
+    from ptq4vm_core.engine import load_engine
+    from ptq4vm_core.engine.frames import frames_to_batch
+    from ptq4vm_core.engine.runtime import default_threads
+    from ptq4vm_core.pipeline import resolve_downsample_ratio
+
+    width, height = parse_size(args.size)
+    engine = load_engine(args.model, args.engine)
+    rgb = [np.asarray(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR_RGB), np.uint8)
+           for f in frames]  # fmt: skip
+    batches = [frames_to_batch([f]) for f in rgb]
+    ratio = resolve_downsample_ratio(args.downsample, width, height)  # what the server picks
+    start = {
+        "type": "start", "width": width, "height": height, "input": "jpeg",
+        "output": args.output, "downsample_ratio": args.downsample,
+        "model": args.model if args.url is None else None,
+    }  # fmt: skip
+    slice_s, pause_s, warm_s = args.slice_seconds, 0.3, 0.5
+    steps = []
+    for n in args.saturate:
+        gate = Gate()
+        clients = [asyncio.create_task(gate.session(url, frames, start)) for _ in range(n)]
+        await gate.serve(1.0, 0.0)  # sessions started, the shape compiled, the pipeline warm
+        before = await asyncio.to_thread(timings, base)
+        gate.received.clear()
+        gate.latencies_ms.clear()
+        benches, serves = [], []
+        for k in range(args.slices + 1):
+            await asyncio.sleep(pause_s)  # the other side's thread pools go idle
+            benches.append(await asyncio.to_thread(bench_slice, engine, batches, ratio, slice_s))
+            if k == args.slices:
+                break
+            await asyncio.sleep(pause_s)
+            serves.append(await gate.serve(slice_s + warm_s, warm_s))
+        after = await asyncio.to_thread(timings, base)
+        gate.stop()
+        await asyncio.gather(*clients)
+        bench_fps = [f / s for f, s in benches]
+        served_fps = [f / s for f, s in serves]
+        ratios = [
+            served_fps[i] / ((bench_fps[i] + bench_fps[i + 1]) / 2) for i in range(len(serves))
+        ]
+        pooled_served = sum(f for f, _ in serves) / sum(s for _, s in serves)
+        pooled_bench = sum(f for f, _ in benches) / sum(s for _, s in benches)
+        ms = np.asarray(gate.latencies_ms)
+        row = {
+            "sessions": n,
+            "fps": round(pooled_served, 2),
+            "bench_fps": round(pooled_bench, 2),
+            "of_bench": round(statistics.median(ratios), 4),
+            "pooled": round(pooled_served / pooled_bench, 4),
+            "ratios": [round(r, 4) for r in ratios],
+            "served_fps_slices": [round(f, 2) for f in served_fps],
+            "bench_fps_slices": [round(f, 2) for f in bench_fps],
+            "ms_p50": round(float(np.percentile(ms, 50)), 1),
+            "ms_p99": round(float(np.percentile(ms, 99)), 1),
+            "ms": breakdown(before, after, pooled_served),
+        }
+        steps.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(steps, key=lambda r: r["of_bench"])
+    return {
+        "interleaved": True,
+        "bench": {
+            "fps": best["bench_fps"],
+            "engine": engine.name,
+            "size": f"{width}x{height}",
+            "downsample_ratio": ratio,
+            "threads": default_threads(),
+            "ms_p50": round(1e3 / best["bench_fps"], 1),
+        },
+        "slices": args.slices,
+        "slice_seconds": slice_s,
+        "inflight": 1,
+        "output": args.output,
+        "step_seconds": slice_s,
+        "steps": steps,
+        "best_sessions": best["sessions"],
+        "served_fps": best["fps"],
+        "efficiency": best["of_bench"],
+        "efficiency_by_sessions": {r["sessions"]: r["of_bench"] for r in steps},
+        "efficiency_rounds": best["ratios"],
+    }
+
+
 # Report --------------------------------------------------------------------------------------
 
 
@@ -758,6 +922,21 @@ def efficiency_summary(part: dict[str, Any]) -> list[str]:
     """The efficiency paragraph: bracketed runs (each step between two benches), or the
     earlier reports' one bench per round."""
     rounds = ", ".join(f"{e:.1%}" for e in part["efficiency_rounds"])
+    if part.get("interleaved"):
+        by = ", ".join(
+            f"{s['sessions']}: {s['of_bench']:.1%} (pooled {s['pooled']:.1%})"
+            for s in part["steps"]
+        )
+        return [
+            f"**Serving efficiency: {part['efficiency']:.1%}** of the engine's fps with "
+            f"{part['best_sessions']} session(s). Per session count, [bench, serve, bench, ..., "
+            f"serve, bench] in slices of {part['slice_seconds']:g} s ({part['slices']} serve "
+            "slices): the engine alone in the benchmark's process while the server idles, then "
+            "the sessions streaming while the engine idles; each serve slice's fps over the mean "
+            "of the bench slices around it, the median of those ratios (and the pooled ratio: "
+            f"all served frames over all bench frames, per second). Sessions: {by}. The best "
+            f"count's slices: {rounds}."
+        ]
     if not part.get("bracketed"):
         benches = ", ".join(f"{f:.1f}" for f in part["bench_fps_rounds"])
         return [
@@ -891,6 +1070,10 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", help="the server's and bench's runtime")
     parser.add_argument("--profile", action="store_true", help="py-spy the server (efficiency)")
     parser.add_argument("--step-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--slices", type=int, default=0, help="efficiency: interleaved serve/bench slices, N"
+    )
+    parser.add_argument("--slice-seconds", type=float, default=3.0)
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--max-p99-ms", type=float, default=150.0)
     parser.add_argument("--min-served", type=float, default=0.95)
@@ -913,6 +1096,8 @@ def main() -> None:
     try:
         if args.flood:
             part = asyncio.run(flood(url, base, pid, frames, args))
+        elif args.efficiency and args.slices:
+            part = asyncio.run(interleaved(url, base, frames, args))
         elif args.efficiency:
             part = asyncio.run(efficiency(url, base, pid, frames, args))
         elif args.find_max:

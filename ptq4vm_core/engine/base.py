@@ -87,6 +87,15 @@ class Engine(Protocol[S]):
         ...
 
 
+class Mattes(NamedTuple, Generic[S]):
+    """What a stream is served: `alpha` [B,H,W] uint8, the matte's bytes (`io.compose.to_uint8`
+    of `EngineOutput.pha`, the one float-to-8-bit conversion); fgr and state as there."""
+
+    fgr: Float32Array | None
+    alpha: Uint8Array
+    state: S
+
+
 Output = EngineOutput[EngineState]
 MaybeState = EngineState | None
 
@@ -129,6 +138,17 @@ class FrameEngine(Protocol[S]):
         """As `Engine.infer` on `frames.frames_to_batch` of the frames."""
         ...
 
+    def infer_mattes(
+        self,
+        frames: Uint8Array,
+        state: S | None,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> Mattes[S]:
+        """As `infer_frames`, the alpha turned into its bytes in the graph too."""
+        ...
+
 
 @runtime_checkable
 class CompilingEngine(Protocol):
@@ -143,9 +163,11 @@ class CompilingEngine(Protocol):
         *,
         alpha_only: bool = False,
         frames: bool = False,
+        mattes: bool = False,
     ) -> float:
         """Makes the first frame of that shape fast (compiles now); returns the seconds taken.
-        `frames`: for `infer_frames` (uint8 frames in) rather than `infer`."""
+        `frames`: for `infer_frames` (uint8 frames in) rather than `infer`; `mattes`: for
+        `infer_mattes` (uint8 frames in, uint8 alpha out)."""
         ...
 
 
@@ -158,12 +180,15 @@ def compile_shape(
     *,
     alpha_only: bool = False,
     frames: bool = False,
+    mattes: bool = False,
 ) -> float:
     """Compiles `engine` for a stream shape (and whether the stream wants alpha only, and
-    whether it is fed frames through `infer_frames`) ahead of its first frame where it
-    compiles per shape (call it off the event loop); 0 for engines that do not."""
+    whether it is fed frames through `infer_frames`, or `infer_mattes`) ahead of its first
+    frame where it compiles per shape (call it off the event loop); 0 for engines that do
+    not."""
     if isinstance(engine, CompilingEngine):
         return engine.compile_shape(
-            batch, height, width, downsample_ratio, alpha_only=alpha_only, frames=frames
-        )
+            batch, height, width, downsample_ratio,
+            alpha_only=alpha_only, frames=frames, mattes=mattes,
+        )  # fmt: skip
     return 0.0

@@ -11,6 +11,7 @@ from ptq4vm_core.engine.base import (
     EngineOutput,
     Float32Array,
     FrameEngine,
+    Mattes,
     S,
     Uint8Array,
 )
@@ -71,6 +72,25 @@ def infer_frames(
     return engine.infer(
         frames_to_batch(list(frames)), state, downsample_ratio, alpha_only=alpha_only
     )
+
+
+def infer_mattes(
+    engine: Engine[S],
+    frames: Uint8Array,
+    state: S | None,
+    downsample_ratio: float,
+    *,
+    alpha_only: bool = False,
+) -> Mattes[S]:
+    """`infer_frames`, the alpha as the bytes a stream is served ([B,H,W] uint8, `to_uint8`):
+    turned into them in the graph by an engine that takes frames itself, by `alpha_to_uint8`
+    here for any other."""
+    check_frames(frames)
+    if isinstance(engine, FrameEngine):
+        return engine.infer_mattes(frames, state, downsample_ratio, alpha_only=alpha_only)
+    out = infer_frames(engine, frames, state, downsample_ratio, alpha_only=alpha_only)
+    alpha = np.stack([alpha_to_uint8(p) for p in out.pha])
+    return Mattes(out.fgr, alpha, out.state)
 
 
 def alpha_to_uint8(pha: Float32Array) -> NDArray[np.uint8]:

@@ -13,7 +13,10 @@ blob instead of compiling again.
 A stream fed video frames (`infer_frames`: uint8 [B,H,W,3] RGB, what the server decodes) gets
 a model of its own whose input is those bytes: OpenVINO's preprocessing converts them to the
 graph's [B,3,H,W] float32 (x * float32(1/255)) on the engine's threads, instead of a 2-D
-float copy per frame in the caller's thread before the call.
+float copy per frame in the caller's thread before the call. `infer_mattes` also returns the
+alpha as the bytes a stream is served: `to_uint8` of it computed at the end of the graph
+(`alpha_bytes_output`), a quarter of the float alpha's size to copy out, and nothing left to
+convert in the caller.
 
 The recurrent state is carried through the graph's inputs and outputs as an `EngineState` (the
 same value `OrtEngine` passes, so the server's batching treats both alike). `None` starts a
@@ -39,13 +42,19 @@ import numpy as np
 from ptq4vm_core.engine.base import (
     EngineState,
     Float32Array,
+    Mattes,
     MaybeState,
     Output,
     StepEngine,
     Uint8Array,
 )
 from ptq4vm_core.engine.cpu import bf16_capped
-from ptq4vm_core.engine.frames import PIXEL_SCALE, check_frames, frames_to_batch
+from ptq4vm_core.engine.frames import (
+    PIXEL_SCALE,
+    alpha_to_uint8,
+    check_frames,
+    frames_to_batch,
+)
 from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -128,6 +137,7 @@ class ShapeKey(NamedTuple):
     threads: int
     alpha_only: bool = False  # compiled without the foreground (`fgr` result removed)
     frames: bool = False  # its input is uint8 [B,H,W,3] frames (`infer_frames`)
+    mattes: bool = False  # frames in, the alpha out as uint8 (`infer_mattes`)
 
 
 @dataclass
@@ -177,8 +187,10 @@ def static_model(path: Path, key: ShapeKey) -> tuple[Any, tuple[tuple[int, ...],
         # What only the foreground needs (its coefficients' slices, the products with the
         # image, its clip) is dropped with the result: a fifth of a 720p frame.
         model.remove_result(model.output("fgr").get_node())
-    if key.frames:
+    if key.frames or key.mattes:
         model = frames_input(model)
+    if key.mattes:
+        model = alpha_bytes_output(model)
     return model, shapes
 
 
@@ -196,6 +208,22 @@ def frames_input(model: Any) -> Any:
     src.preprocess().convert_element_type(ov.Type.f32).custom(
         lambda node: ov_ops.multiply(node, scale).output(0)
     )
+    return ppp.build()
+
+
+def alpha_bytes_output(model: Any) -> Any:
+    """`model` with its `pha` returned as uint8: x * 255 in float32, clamped to [0, 255],
+    rounded to nearest, ties to even, as `io.compose.to_uint8` computes it (the same bytes:
+    tests/engine/test_openvino.py)."""
+    ppp = PrePostProcessor(model)
+    pha = ppp.output("pha")
+
+    def to_bytes(node: Any) -> Any:
+        scaled = ov_ops.multiply(node, ov_ops.constant(np.array(255, np.float32)))
+        return ov_ops.round(ov_ops.clamp(scaled, 0.0, 255.0), "half_to_even").output(0)
+
+    pha.postprocess().custom(to_bytes)
+    pha.tensor().set_element_type(ov.Type.u8)
     return ppp.build()
 
 
@@ -327,12 +355,15 @@ class OpenVinoEngine(StepEngine):
         *,
         alpha_only: bool = False,
         frames: bool = False,
+        mattes: bool = False,
     ) -> float:
         """Compiles (or loads from the disk cache) the model for a stream shape ahead of its
         first frame; returns the seconds it took (0 when already compiled)."""
         ratio = check_downsample_ratio(downsample_ratio)
         threads = BUDGET.threads(self.threads)
-        key = ShapeKey(batch, height, width, ratio, threads, alpha_only, frames)
+        key = ShapeKey(
+            batch, height, width, ratio, threads, alpha_only, frames and not mattes, mattes
+        )
         with self._lock:
             if key in self._compiled or key in self._refused:
                 return 0.0
@@ -348,7 +379,8 @@ class OpenVinoEngine(StepEngine):
         compiled = self._runner(ShapeKey(batch, height, width, ratio, threads, alpha_only))
         if not isinstance(compiled, Compiled):
             return compiled.infer(src, state, ratio, alpha_only=alpha_only)
-        return self._run(compiled, src, state, alpha_only)
+        fgr, pha, new_state = self._run(compiled, src, state, alpha_only)
+        return Output(fgr, pha, new_state)
 
     def infer_frames(
         self,
@@ -361,15 +393,39 @@ class OpenVinoEngine(StepEngine):
         """As `infer` on `frames_to_batch` of `frames` (uint8 [B,H,W,3] RGB), converted in the
         graph (`frames_input`)."""
         check_frames(frames)
+        runner = self._frames_runner(frames, downsample_ratio, alpha_only, mattes=False)
+        if not isinstance(runner, Compiled):
+            src = frames_to_batch(list(frames))
+            return runner.infer(src, state, downsample_ratio, alpha_only=alpha_only)
+        fgr, pha, new_state = self._run(runner, np.ascontiguousarray(frames), state, alpha_only)
+        return Output(fgr, pha, new_state)
+
+    def infer_mattes(
+        self,
+        frames: Uint8Array,
+        state: MaybeState,
+        downsample_ratio: float,
+        *,
+        alpha_only: bool = False,
+    ) -> Mattes[EngineState]:
+        """As `infer_frames`, the alpha as uint8 [B,H,W] from the graph (`alpha_bytes_output`)."""
+        check_frames(frames)
+        runner = self._frames_runner(frames, downsample_ratio, alpha_only, mattes=True)
+        if not isinstance(runner, Compiled):
+            src = frames_to_batch(list(frames))
+            out = runner.infer(src, state, downsample_ratio, alpha_only=alpha_only)
+            return Mattes(out.fgr, np.stack([alpha_to_uint8(p) for p in out.pha]), out.state)
+        fgr, pha, new_state = self._run(runner, np.ascontiguousarray(frames), state, alpha_only)
+        return Mattes(fgr, pha.reshape(pha.shape[0], *pha.shape[2:]), new_state)
+
+    def _frames_runner(
+        self, frames: Uint8Array, downsample_ratio: float, alpha_only: bool, *, mattes: bool
+    ) -> Compiled | StepEngine:
         ratio = check_downsample_ratio(downsample_ratio)
         batch, height, width, _ = frames.shape
         threads = BUDGET.threads(self.threads)
-        key = ShapeKey(batch, height, width, ratio, threads, alpha_only, frames=True)
-        compiled = self._runner(key)
-        if not isinstance(compiled, Compiled):
-            src = frames_to_batch(list(frames))
-            return compiled.infer(src, state, ratio, alpha_only=alpha_only)
-        return self._run(compiled, np.ascontiguousarray(frames), state, alpha_only)
+        key = ShapeKey(batch, height, width, ratio, threads, alpha_only, not mattes, mattes)
+        return self._runner(key)
 
     def _run(
         self,
@@ -377,7 +433,8 @@ class OpenVinoEngine(StepEngine):
         src: Float32Array | Uint8Array,
         state: MaybeState,
         alpha_only: bool,
-    ) -> Output:
+    ) -> tuple[Float32Array | None, Any, EngineState]:
+        """One call of a compiled model: (fgr or None, pha as the model returns it, state)."""
         if state is None:
             states = [np.zeros(s, np.float32) for s in compiled.state_shapes]
         else:
@@ -396,7 +453,7 @@ class OpenVinoEngine(StepEngine):
             pha, r1, r2, r3, r4 = (
                 request.get_tensor(name).data.copy() for name in ("pha", *STATE_OUTPUTS)
             )
-        return Output(fgr, pha, EngineState(r1, r2, r3, r4))
+        return fgr, pha, EngineState(r1, r2, r3, r4)
 
 
 def openvino_version() -> str:

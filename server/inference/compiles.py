@@ -40,10 +40,10 @@ class ShapeCompiler:
         self, engine: Engine, height: int, width: int, ratio: float, *, alpha_only: bool
     ) -> None:
         """`engine` ready for one stream of HxW frames at `ratio` (compiled now if needed),
-        fed frames as the scheduler feeds them (`frames.infer_frames`); raises what the
-        engine raises for a shape it cannot run."""
+        fed as the scheduler feeds it (`frames.infer_mattes`); raises what the engine raises
+        for a shape it cannot run."""
         call = partial(
-            compile_shape, engine, 1, height, width, ratio, alpha_only=alpha_only, frames=True
+            compile_shape, engine, 1, height, width, ratio, alpha_only=alpha_only, mattes=True
         )
         await asyncio.get_running_loop().run_in_executor(self._pool, call)
 

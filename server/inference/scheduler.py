@@ -35,7 +35,7 @@ import numpy as np
 
 from ptq4vm_core.engine import Engine
 from ptq4vm_core.engine.base import Float32Array, S, Uint8Array
-from ptq4vm_core.engine.frames import infer_frames
+from ptq4vm_core.engine.frames import infer_mattes
 from server.inference.batching import split_state, stack_states, state_signature
 from server.metrics import Metrics
 
@@ -50,9 +50,9 @@ class Lane(StrEnum):
 Decode = Callable[[], Uint8Array]
 """Runs in a worker: the frame as [H,W,3] uint8 RGB (the engine takes it as it is,
 `frames.infer_frames`); raises to refuse the frame."""
-Finish = Callable[[Float32Array | None, Float32Array], Any]
-"""Runs in a worker: (fgr [3,H,W] or None when the work asked for alpha only, pha [1,H,W]
-float32 in [0,1]) -> what the caller gets."""
+Finish = Callable[[Float32Array | None, Uint8Array], Any]
+"""Runs in a codec thread: (fgr [3,H,W] float32 in [0,1], or None when the work asked for alpha
+only; the alpha [H,W] uint8, the matte's bytes) -> what the caller gets."""
 
 
 @dataclass(eq=False)
@@ -251,7 +251,7 @@ class Scheduler(Generic[S]):
                 t = time.monotonic()
                 frames = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
                 state = stack_states([batch[i].state for i in good])
-                out = infer_frames(
+                out = infer_mattes(
                     first.engine, frames, state, first.ratio, alpha_only=first.alpha_only
                 )
                 infer_s = time.monotonic() - t
@@ -267,7 +267,7 @@ class Scheduler(Generic[S]):
                         self._finish,
                         batch[i],
                         None if out.fgr is None else out.fgr[j],
-                        out.pha[j],
+                        out.alpha[j],
                         states[j],
                         started,
                         decode_s[i],
@@ -280,7 +280,7 @@ class Scheduler(Generic[S]):
         self,
         work: Work[S],
         fgr: Float32Array | None,
-        pha: Float32Array,
+        alpha: Uint8Array,
         state: S,
         started: float,
         decode_s: float,
@@ -289,7 +289,7 @@ class Scheduler(Generic[S]):
     ) -> Done[S] | BaseException:
         t = time.monotonic()
         try:
-            payload = work.finish(fgr, pha)
+            payload = work.finish(fgr, alpha)
         except Exception as exc:
             return exc
         encode_s = time.monotonic() - t

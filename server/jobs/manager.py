@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import EngineState, Float32Array, compile_shape
-from ptq4vm_core.engine.frames import alpha_to_uint8, rgb_to_uint8
+from ptq4vm_core.engine.frames import rgb_to_uint8
 from ptq4vm_core.io.mattes import MatteWriter
 from ptq4vm_core.io.video import parse_background
 from ptq4vm_core.pipeline import resolve_downsample_ratio
@@ -295,7 +295,7 @@ class JobManager:
         # workers, where it would hold up every live session.
         alpha_only = job.output == "alpha"  # what _infer asks for (writer.needs_fgr)
         compile_shape(
-            lease.engine, 1, info.height, info.width, ratio, alpha_only=alpha_only, frames=True
+            lease.engine, 1, info.height, info.width, ratio, alpha_only=alpha_only, mattes=True
         )
         bg = None
         if job.output == "composite":
@@ -331,10 +331,10 @@ class JobManager:
         need_rgb: bool,
     ) -> Done:
         def finish(
-            fgr: Float32Array | None, pha: Float32Array
+            fgr: Float32Array | None, alpha: NDArray[np.uint8]
         ) -> tuple[NDArray[np.uint8] | None, NDArray[np.uint8]]:
             rgb = rgb_to_uint8(fgr) if need_rgb and fgr is not None else None
-            return rgb, alpha_to_uint8(pha)
+            return rgb, alpha
 
         work = Work(
             engine=lease.engine,

@@ -9,8 +9,6 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from ptq4vm_core.engine.base import Float32Array
-from ptq4vm_core.engine.frames import alpha_to_uint8
 from ptq4vm_core.io.writer import encode_png
 from server.media.sniff import MediaError, image_header
 
@@ -97,9 +95,8 @@ def check_raw_size(data: bytes, width: int, height: int) -> None:
         )
 
 
-def encode_alpha(pha: Float32Array, fmt: OutputFormat) -> bytes:
-    """pha [1,H,W] float in [0,1] -> 8-bit grey PNG or H*W raw bytes (row-major)."""
-    alpha = alpha_to_uint8(pha)
+def encode_alpha(alpha: NDArray[np.uint8], fmt: OutputFormat) -> bytes:
+    """A matte [H,W] uint8 -> 8-bit grey PNG or H*W raw bytes (row-major)."""
     if fmt == "alpha_raw":
         return alpha.tobytes()
     return encode_png(alpha)

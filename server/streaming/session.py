@@ -201,8 +201,8 @@ class Session:
     def _decode(self, data: bytes) -> Uint8Array:
         return decode_frame(data, self.start.input, self.start.width, self.start.height)
 
-    def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
-        return encode_alpha(pha, self.start.output)
+    def _finish(self, fgr: Float32Array | None, alpha: Uint8Array) -> bytes:
+        return encode_alpha(alpha, self.start.output)
 
     def _submit(self, tag: _Tag, data: bytes) -> None:
         work = Work(

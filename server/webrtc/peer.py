@@ -50,7 +50,6 @@ from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine.base import EngineState, Float32Array
-from ptq4vm_core.engine.frames import alpha_to_uint8
 from ptq4vm_core.pipeline import resolve_downsample_ratio
 from server.inference.compiles import ShapeCompiler
 from server.inference.scheduler import Scheduler
@@ -149,9 +148,9 @@ class WhipSession(Session):
         self._rgb = decode_frame(data, "rgb24", self.start.width, self.start.height)
         return self._rgb
 
-    def _finish(self, fgr: Float32Array | None, pha: Float32Array) -> bytes:
+    def _finish(self, fgr: Float32Array | None, alpha: NDArray[np.uint8]) -> bytes:
         assert self._rgb is not None
-        return render(self._rgb, alpha_to_uint8(pha), self.output, self.background).tobytes()
+        return render(self._rgb, alpha, self.output, self.background).tobytes()
 
 
 class WhipPeer:

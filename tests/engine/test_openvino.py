@@ -12,17 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import openvino as ov
 import pytest
+from openvino import opset13 as ov_ops
 
 from ptq4vm_core.engine import EngineKind, cpu, load_engine, openvino_engine
 from ptq4vm_core.engine import loader as engine_loader
 from ptq4vm_core.engine.base import compile_shape
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.cpu import SATURATION_REASON, int8_dot_exact
-from ptq4vm_core.engine.frames import frames_to_batch, infer_frames
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, infer_frames, infer_mattes
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine, ShapeKey
 from ptq4vm_core.engine.ort_engine import OrtEngine
+from ptq4vm_core.io.compose import to_uint8
 
 ONE_LEVEL = 1 / 255
 
@@ -165,7 +168,8 @@ from pathlib import Path
 import numpy as np
 from ptq4vm_core.engine.cache import cached_export
 from ptq4vm_core.engine.base import compile_shape
-from ptq4vm_core.engine.frames import frames_to_batch, infer_frames
+from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch, infer_frames, infer_mattes
+from ptq4vm_core.io.compose import to_uint8
 from ptq4vm_core.engine.int8_engine import QuantizedOrtEngine
 from ptq4vm_core.engine.openvino_engine import OpenVinoEngine
 from ptq4vm_core.io.video import iter_frames
@@ -348,6 +352,58 @@ def test_frames_in_the_graph_match_the_float_input(
         assert compile_shape(engine, 1, height, width, ratio, alpha_only=True, frames=True) == 0
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_mattes_from_the_graph_are_the_bytes_to_uint8_gives(
+    weights_file, w8a8_artifact, engine_cache, clip_frames, tmp_path, ratio: float
+) -> None:
+    """`infer_mattes` turns the alpha into its bytes at the end of the graph: the very bytes
+    `to_uint8` makes of the float alpha of `infer_frames` (the same model up to its output),
+    on FP32 and on the int8 graph with its float parts in bf16 where the CPU has it."""
+    engines = (
+        fp32_openvino(weights_file, tmp_path / "fp32"),
+        int8_openvino(w8a8_artifact, engine_cache, tmp_path / "int8"),
+    )
+    for engine in engines:
+        state_f = state_m = None
+        for frame in clip_frames[:4]:
+            frames = frame[None]
+            floats = infer_frames(engine, frames, state_f, ratio, alpha_only=True)
+            mattes = infer_mattes(engine, frames, state_m, ratio, alpha_only=True)
+            assert mattes.alpha.dtype == np.uint8
+            np.testing.assert_array_equal(mattes.alpha[0], alpha_to_uint8(floats.pha[0]))
+            for a, b in zip(mattes.state, floats.state, strict=True):
+                np.testing.assert_array_equal(a, b)
+            state_f, state_m = floats.state, mattes.state
+
+
+def test_the_graphs_alpha_bytes_round_as_to_uint8_does(tmp_path) -> None:
+    """The conversion alone, on the values where it could go wrong: every rounding tie of
+    x * 255, the neighbours of each, the ends of [0, 1] and beyond them, NaN and infinities."""
+    ties = (np.arange(256, dtype=np.float64) + 0.5) / 255
+    values = np.concatenate(
+        [
+            np.nextafter(ties.astype(np.float32), np.float32(-1)),
+            ties.astype(np.float32),
+            np.nextafter(ties.astype(np.float32), np.float32(2)),
+            np.linspace(-2, 3, 1000, dtype=np.float32),
+            np.array([0, 1, -0.0, 1e-30, -1e-30, 1.0000001, 1e30, -1e30], np.float32),
+            np.array([np.nan, np.inf, -np.inf], np.float32),
+        ]
+    ).astype(np.float32)
+    param = ov_ops.parameter([1, 1, 1, values.size], np.float32, name="x")
+    same = ov_ops.add(param, ov_ops.constant(np.float32(0)))  # the values, as a result named pha
+    model = ov.Model([same], [param], "alpha")
+    model.output(0).get_tensor().set_names({"pha"})
+    model = openvino_engine.alpha_bytes_output(model)
+    for precision in ("f32", "bf16"):
+        config = {"INFERENCE_PRECISION_HINT": precision}
+        if precision == "bf16" and not openvino_engine.cpu_has_bf16():
+            continue
+        compiled = openvino_engine.openvino_core().compile_model(model, "CPU", config)
+        got = compiled([values.reshape(1, 1, 1, -1)])[0].reshape(-1)
+        np.testing.assert_array_equal(got, to_uint8(values), err_msg=precision)
+
+
 def test_frames_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> None:
     engine = OpenVinoEngine(
         {True: weights_file, False: weights_file},
@@ -359,5 +415,7 @@ def test_frames_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> 
     expected = OrtEngine(weights_file).infer(frames_to_batch([tiny[0]]), None, 1.0)
     got = infer_frames(engine, tiny, None, 1.0)
     np.testing.assert_array_equal(got.pha, expected.pha)  # the very same conversion
+    mattes = infer_mattes(engine, tiny, None, 1.0)
+    np.testing.assert_array_equal(mattes.alpha[0], alpha_to_uint8(expected.pha[0]))
     with pytest.raises(ValueError, match=r"uint8 \[B,H,W,3\]"):
         infer_frames(engine, np.zeros((1, 3, 4, 8), np.float32), None, 1.0)

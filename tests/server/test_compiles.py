@@ -18,8 +18,9 @@ def test_shapes_compile_in_lower_priority_threads() -> None:
     compiler = ShapeCompiler(workers=1, nice=7)
     try:
         asyncio.run(compiler.compile(engine, 72, 128, 1.0, alpha_only=True))
-        # Compiled there, for frames as the scheduler feeds them: that shape is now ready.
-        assert compile_shape(engine, 1, 72, 128, 1.0, alpha_only=True, frames=True) == 0.0
+        # Compiled there, as the scheduler feeds it (frames in, mattes out): that shape is now
+        # ready.
+        assert compile_shape(engine, 1, 72, 128, 1.0, alpha_only=True, mattes=True) == 0.0
         threads = [t for t in threading.enumerate() if t.name.startswith("ptq4vm-compile")]
         assert len(threads) == 1
         ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -13,7 +13,7 @@ import torch
 from numpy.typing import NDArray
 
 from ptq4vm_core.engine import load_engine
-from ptq4vm_core.engine.base import EngineOutput, Float32Array
+from ptq4vm_core.engine.base import EngineOutput, Float32Array, Mattes
 from ptq4vm_core.engine.frames import alpha_to_uint8, frames_to_batch
 from ptq4vm_core.model import RecurrentState
 from server.inference.batching import split_state, stack_states, state_signature
@@ -41,7 +41,8 @@ class FakeEngine:
         with self.lock:
             self.calls.append(src.shape[0])
         n = np.zeros((src.shape[0], 1), np.float32) if state is None else state.n
-        pha = src[:, :1] * 0 + (n + 1)[:, :, None, None]
+        # The count as the alpha's byte: the scheduler serves the alpha as bytes.
+        pha = src[:, :1] * 0 + ((n + 1) / np.float32(255))[:, :, None, None]
         return EngineOutput(src, pha, Count(n + 1))
 
 
@@ -53,7 +54,7 @@ def work(engine: Any, tag: Any, state: Any = None, lane: Lane = Lane.REALTIME) -
         ratio=1.0,
         state=state,
         decode=lambda: np.zeros((4, 4, 3), np.uint8),
-        finish=lambda fgr, pha: (tag, float(pha.max())),
+        finish=lambda fgr, alpha: (tag, float(alpha.max())),
         lane=lane,
         tag=tag,
     )
@@ -125,7 +126,8 @@ def test_micro_batching_groups_same_size_frames_and_splits_state() -> None:
 
 
 class FakeFrameEngine(FakeEngine):
-    """Takes frames itself (`FrameEngine`): records what each call was given."""
+    """Takes frames itself (`FrameEngine`): records what each call was given; the scheduler
+    asks for mattes (`infer_mattes`)."""
 
     def __init__(self) -> None:
         super().__init__(delay=0.05)
@@ -134,8 +136,14 @@ class FakeFrameEngine(FakeEngine):
     def infer_frames(
         self, frames: NDArray[np.uint8], state: Count | None, ratio: float, *, alpha_only: bool
     ) -> EngineOutput[Count]:
+        raise AssertionError("the scheduler asks for mattes")
+
+    def infer_mattes(
+        self, frames: NDArray[np.uint8], state: Count | None, ratio: float, *, alpha_only: bool
+    ) -> Mattes[Count]:
         self.given.append((frames.dtype, frames.shape))
-        return self.infer(frames_to_batch(list(frames)), state, ratio, alpha_only=alpha_only)
+        out = self.infer(frames_to_batch(list(frames)), state, ratio, alpha_only=alpha_only)
+        return Mattes(out.fgr, np.stack([alpha_to_uint8(p) for p in out.pha]), out.state)
 
 
 def test_engines_that_take_frames_are_given_the_decoded_frames() -> None:

@@ -90,7 +90,7 @@ async def matte(
             ratio=ratio,
             state=None,
             decode=lambda: rgb,
-            finish=lambda fgr, pha: encode_alpha(pha, "alpha_png"),
+            finish=lambda fgr, alpha: encode_alpha(alpha, "alpha_png"),
             alpha_only=True,
         )
         done = await scheduler.run(work)
