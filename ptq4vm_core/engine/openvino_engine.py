@@ -12,8 +12,8 @@ blob instead of compiling again.
 
 A stream fed video frames (`infer_frames`: uint8 [B,H,W,3] RGB, what the server decodes) gets
 a model of its own whose input is those bytes: OpenVINO's preprocessing converts them to the
-graph's [B,3,H,W] float32 (x * float32(1/255)) on the engine's threads, instead of a 2-D
-float copy per frame in the caller's thread before the call. `infer_mattes` also returns the
+graph's [B,3,H,W] float32 (x * float32(1/255)) on the engine's threads, instead of that float
+copy being made per frame in the caller's thread before the call. `infer_mattes` also returns the
 alpha as the bytes a stream is served: `to_uint8` of it computed at the end of the graph
 (`alpha_bytes_output`), a quarter of the float alpha's size to copy out, and nothing left to
 convert in the caller.
