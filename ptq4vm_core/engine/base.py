@@ -104,6 +104,11 @@ class StepEngine(ABC):
     """What the engines of this package share: `infer` checks the ratio and takes `src` as
     C-contiguous float32, then the engine's `step` runs the frame(s)."""
 
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """As `Engine.name`."""
+
     def infer(
         self,
         src: Float32Array,

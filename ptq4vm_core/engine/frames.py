@@ -64,11 +64,11 @@ def infer_frames(
     alpha_only: bool = False,
 ) -> EngineOutput[S]:
     """`engine` on B frames, uint8 [B,H,W,3] RGB of one stream shape: an engine that takes
-    frames itself (`FrameEngine`, OpenVINO) converts them in its graph; any other is given
-    `frames_to_batch` of them."""
-    check_frames(frames)
+    frames itself (`FrameEngine`, OpenVINO) converts them in its graph (and checks them);
+    any other is given `frames_to_batch` of them."""
     if isinstance(engine, FrameEngine):
         return engine.infer_frames(frames, state, downsample_ratio, alpha_only=alpha_only)
+    check_frames(frames)
     return engine.infer(
         frames_to_batch(list(frames)), state, downsample_ratio, alpha_only=alpha_only
     )
@@ -85,12 +85,10 @@ def infer_mattes(
     """`infer_frames`, the alpha as the bytes a stream is served ([B,H,W] uint8, `to_uint8`):
     turned into them in the graph by an engine that takes frames itself, by `alpha_to_uint8`
     here for any other."""
-    check_frames(frames)
     if isinstance(engine, FrameEngine):
         return engine.infer_mattes(frames, state, downsample_ratio, alpha_only=alpha_only)
     out = infer_frames(engine, frames, state, downsample_ratio, alpha_only=alpha_only)
-    alpha = np.stack([alpha_to_uint8(p) for p in out.pha])
-    return Mattes(out.fgr, alpha, out.state)
+    return Mattes(out.fgr, np.stack([alpha_to_uint8(p) for p in out.pha]), out.state)
 
 
 def alpha_to_uint8(pha: Float32Array) -> NDArray[np.uint8]:

@@ -39,6 +39,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ptq4vm_core.engine import frames as feed
 from ptq4vm_core.engine.base import (
     EngineState,
     Float32Array,
@@ -49,12 +50,6 @@ from ptq4vm_core.engine.base import (
     Uint8Array,
 )
 from ptq4vm_core.engine.cpu import bf16_capped
-from ptq4vm_core.engine.frames import (
-    PIXEL_SCALE,
-    alpha_to_uint8,
-    check_frames,
-    frames_to_batch,
-)
 from ptq4vm_core.engine.runtime import BUDGET, STATE_INPUTS, default_threads
 from ptq4vm_core.model.matting import check_downsample_ratio
 from ptq4vm_core.paths import cache_root
@@ -205,7 +200,7 @@ def frames_input(model: Any) -> Any:
     src = ppp.input("src")
     src.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
     src.model().set_layout(ov.Layout("NCHW"))
-    scale = ov_ops.constant(np.array(PIXEL_SCALE, np.float32))
+    scale = ov_ops.constant(np.array(feed.PIXEL_SCALE, np.float32))
     src.preprocess().convert_layout(ov.Layout("NCHW")).convert_element_type(ov.Type.f32).custom(
         lambda node: ov_ops.multiply(node, scale).output(0)
     )
@@ -393,11 +388,9 @@ class OpenVinoEngine(StepEngine):
     ) -> Output:
         """As `infer` on `frames_to_batch` of `frames` (uint8 [B,H,W,3] RGB), converted in the
         graph (`frames_input`)."""
-        check_frames(frames)
         runner = self._frames_runner(frames, downsample_ratio, alpha_only, mattes=False)
         if not isinstance(runner, Compiled):
-            src = frames_to_batch(list(frames))
-            return runner.infer(src, state, downsample_ratio, alpha_only=alpha_only)
+            return feed.infer_frames(runner, frames, state, downsample_ratio, alpha_only=alpha_only)
         fgr, pha, new_state = self._run(runner, np.ascontiguousarray(frames), state, alpha_only)
         return Output(fgr, pha, new_state)
 
@@ -410,18 +403,17 @@ class OpenVinoEngine(StepEngine):
         alpha_only: bool = False,
     ) -> Mattes[EngineState]:
         """As `infer_frames`, the alpha as uint8 [B,H,W] from the graph (`alpha_bytes_output`)."""
-        check_frames(frames)
         runner = self._frames_runner(frames, downsample_ratio, alpha_only, mattes=True)
         if not isinstance(runner, Compiled):
-            src = frames_to_batch(list(frames))
-            out = runner.infer(src, state, downsample_ratio, alpha_only=alpha_only)
-            return Mattes(out.fgr, np.stack([alpha_to_uint8(p) for p in out.pha]), out.state)
+            return feed.infer_mattes(runner, frames, state, downsample_ratio, alpha_only=alpha_only)
         fgr, pha, new_state = self._run(runner, np.ascontiguousarray(frames), state, alpha_only)
         return Mattes(fgr, pha.reshape(pha.shape[0], *pha.shape[2:]), new_state)
 
     def _frames_runner(
         self, frames: Uint8Array, downsample_ratio: float, alpha_only: bool, *, mattes: bool
     ) -> Compiled | StepEngine:
+        """The compiled model for these frames' shape (checked), or the fallback engine."""
+        feed.check_frames(frames)
         ratio = check_downsample_ratio(downsample_ratio)
         batch, height, width, _ = frames.shape
         threads = BUDGET.threads(self.threads)

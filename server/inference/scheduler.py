@@ -49,7 +49,7 @@ class Lane(StrEnum):
 
 Decode = Callable[[], Uint8Array]
 """Runs in a worker: the frame as [H,W,3] uint8 RGB (the engine takes it as it is,
-`frames.infer_frames`); raises to refuse the frame."""
+`frames.infer_mattes`); raises to refuse the frame."""
 Finish = Callable[[Float32Array | None, Uint8Array], Any]
 """Runs in a codec thread: (fgr [3,H,W] float32 in [0,1], or None when the work asked for alpha
 only; the alpha [H,W] uint8, the matte's bytes) -> what the caller gets."""

@@ -30,9 +30,11 @@ from ptq4vm_core.io.compose import to_uint8
 ONE_LEVEL = 1 / 255
 
 
-def fp32_openvino(weights: Path, cache_dir: Path) -> OpenVinoEngine:
+def fp32_openvino(weights: Path, cache_dir: Path, *, fallback: bool = False) -> OpenVinoEngine:
+    """The published graph on OpenVINO; `fallback`: ONNX Runtime runs the shapes it refuses."""
     graphs = {True: weights, False: weights}
-    return OpenVinoEngine(graphs, name="openvino-fp32", cache_dir=cache_dir)
+    ort = (lambda: OrtEngine(weights)) if fallback else None
+    return OpenVinoEngine(graphs, name="openvino-fp32", cache_dir=cache_dir, fallback=ort)
 
 
 def int8_openvino(artifact: Path, engine_cache: Path, cache_dir: Path) -> OpenVinoEngine:
@@ -269,21 +271,14 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 def test_shapes_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> None:
     # A frame 4 px high: at ratio 1 OpenVINO's pooling window exceeds the input and it refuses
     # to compile; ONNX Runtime runs it. The engine answers from ONNX Runtime for that shape.
-    engine = OpenVinoEngine(
-        {True: weights_file, False: weights_file},
-        name="openvino-fp32",
-        cache_dir=tmp_path,
-        fallback=lambda: OrtEngine(weights_file),
-    )
+    engine = fp32_openvino(weights_file, tmp_path, fallback=True)
     tiny = np.full((1, 3, 4, 8), 0.5, np.float32)
     expected = OrtEngine(weights_file).infer(tiny, None, 1.0)
     first = engine.infer(tiny, None, 1.0)
     np.testing.assert_allclose(first.pha, expected.pha, atol=1e-6)
     again = engine.infer(tiny, first.state, 1.0)  # its state is the fallback's, and fits
     assert again.pha.shape == (1, 1, 4, 8)
-    without = OpenVinoEngine(
-        {True: weights_file, False: weights_file}, name="x", cache_dir=tmp_path
-    )
+    without = fp32_openvino(weights_file, tmp_path)
     with pytest.raises(RuntimeError):
         without.infer(tiny, None, 1.0)
 
@@ -410,12 +405,7 @@ def test_the_graphs_alpha_bytes_round_as_to_uint8_does(tmp_path) -> None:
 
 
 def test_frames_openvino_refuses_run_on_onnx_runtime(weights_file, tmp_path) -> None:
-    engine = OpenVinoEngine(
-        {True: weights_file, False: weights_file},
-        name="openvino-fp32",
-        cache_dir=tmp_path,
-        fallback=lambda: OrtEngine(weights_file),
-    )
+    engine = fp32_openvino(weights_file, tmp_path, fallback=True)
     tiny = np.full((1, 4, 8, 3), 128, np.uint8)
     expected = OrtEngine(weights_file).infer(frames_to_batch([tiny[0]]), None, 1.0)
     got = infer_frames(engine, tiny, None, 1.0)
