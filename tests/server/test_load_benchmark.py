@@ -36,6 +36,26 @@ def test_interleaved_efficiency_reports_both_sides(tmp_path: Path) -> None:
         assert step["bench_fps"] > 0
         assert step["pooled"] == pytest.approx(step["fps"] / step["bench_fps"], rel=0.01)
         assert step["ms"]["frames"] > 0  # the server's own histograms moved
+        low, high = step["pooled_ci95"]
+        assert low <= step["pooled"] <= high  # the interval holds the pooled figure
     assert part["efficiency"] == max(s["pooled"] for s in part["steps"])
     assert f"({cpu_class()})" in part["machine"]  # the report names the CPU's class
+    assert part["efficiency_ci95"] == max(part["steps"], key=lambda s: s["pooled"])["pooled_ci95"]
     assert "Serving efficiency" in out.with_suffix(".md").read_text()
+    assert "bootstrap interval" in out.with_suffix(".md").read_text()
+
+
+def test_pooled_interval_brackets_the_pooled_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import load
+
+    serves = [(40, 2.0), (36, 2.0), (44, 2.0), (38, 2.0)]
+    benches = [(44, 2.0), (42, 2.0), (46, 2.0), (43, 2.0), (45, 2.0)]
+    pooled = (158 / 8.0) / (220 / 10.0)
+    low, high = load.pooled_interval(serves, benches)
+    assert low < pooled < high
+    assert high - low < 0.2
+    # Identical slices leave no doubt: the interval closes on the ratio.
+    same_low, same_high = load.pooled_interval([(40, 2.0)] * 4, [(50, 2.0)] * 5)
+    assert same_low == pytest.approx(0.8)
+    assert same_high == pytest.approx(0.8)
