@@ -70,6 +70,7 @@ class Services:
             max_batch=settings.max_batch,
             batch_share=settings.batch_lane_share,
             metrics=metrics,
+            engine_owns_cores=settings.engine_owns_cores,
         )
         sessions = SessionManager(
             max_sessions=settings.max_sessions,

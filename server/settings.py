@@ -18,6 +18,7 @@ from ptq4vm_core.batch import RAY_EXTRA_HINT, ray_available
 from ptq4vm_core.calib.gate import GATE_HOLDOUT, GATE_MARGIN, GATE_MAX_MAD
 from ptq4vm_core.calib.methods import Method, Profile
 from ptq4vm_core.engine.base import EngineKind
+from ptq4vm_core.engine.runtime import default_threads
 from ptq4vm_core.paths import cache_root
 
 MiB = 1024 * 1024
@@ -231,6 +232,12 @@ class Settings(BaseSettings):
                 f"PTQ4VM_IDLE_TIMEOUT_S ({self.idle_timeout_s})"
             )
         return self
+
+    @property
+    def engine_owns_cores(self) -> bool:
+        """Whether the inference workers' engine threads take every core (the default: one
+        worker, PTQ4VM_THREADS unset); then an engine call waits for the encodes to end."""
+        return self.infer_workers * default_threads() >= _machine_cores()
 
     @property
     def build_threads(self) -> int:

@@ -2,9 +2,12 @@
 
 The event loop only queues work and hands it to `workers` threads; decoding and the engine
 call run in those threads, never on the loop, and each result's `finish` (encoding) runs in a
-codec thread of its own: the worker is free for the next frame's engine call while the last
-one is encoded (on a 2-core machine the engine does not keep both cores busy every moment, and
-the encode fills the gaps: measured in docs/server.md, "Serving efficiency").
+codec thread of its own: the worker decodes the next frame while the last one is encoded.
+Where the engines' threads take every core (`engine_owns_cores`, the default set-up), an engine
+call then waits until no encode runs: an encode beside the call takes a core from one of the
+engine's threads, and its other threads wait for that one at every operator (spinning, then
+yielding), so the encode cost the call more than its own time. Beside the next frame's decode
+it costs that much and no more (measured in docs/server.md, "Serving efficiency").
 
 Each stream (a WebSocket session, a video job, a `/v1/matte` request) has at most one frame in
 the scheduler at a time, because frame N+1 needs the state frame N returns; serving the ready
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -128,9 +132,13 @@ class Scheduler(Generic[S]):
         max_batch: int = 1,
         batch_share: int = 4,
         metrics: Metrics | None = None,
+        engine_owns_cores: bool = False,
     ) -> None:
+        """`engine_owns_cores`: the engines' threads take every core; an engine call then
+        starts when no encode is running (see the module's docstring)."""
         self.workers = workers
         self.max_batch = max_batch
+        self.engine_owns_cores = engine_owns_cores
         self._share = batch_share
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ptq4vm-infer")
@@ -139,6 +147,9 @@ class Scheduler(Generic[S]):
         self._free = workers
         self._realtime_run = 0
         self._closed = False
+        # Encodes handed to the codec threads and not yet ended; the workers wait on it.
+        self._encoding = 0
+        self._encoded = threading.Condition()
 
     async def run(self, work: Work[S]) -> Done[S]:
         """Queue `work` and wait for it; raises what its decode/finish or the engine raised.
@@ -224,12 +235,42 @@ class Scheduler(Generic[S]):
             if isinstance(result, BaseException):
                 _resolve(work, result)
             elif work.future is not None and not work.future.done():
-                encoding = loop.run_in_executor(self._codec, result)
-                encoding.add_done_callback(lambda f, w=work: _settle(w, f))  # type: ignore[misc]
+                self._encode(loop, work, result)
         if not self._closed:
             self._dispatch()
 
+    def _encode(
+        self, loop: asyncio.AbstractEventLoop, work: Work[S], finishing: Finishing[S]
+    ) -> None:
+        """`finishing` to a codec thread, counted while it runs (before the next dispatch, so
+        the next engine call sees it)."""
+        with self._encoded:
+            self._encoding += 1
+        try:
+            encoding = loop.run_in_executor(self._codec, self._encoded_after, finishing)
+        except BaseException:  # the codec pool was shut down: it never runs
+            self._encode_ended()
+            raise
+        encoding.add_done_callback(lambda f: _settle(work, f))
+
+    def _encoded_after(self, finishing: Finishing[S]) -> Done[S] | BaseException:
+        try:
+            return finishing()
+        finally:
+            self._encode_ended()
+
+    def _encode_ended(self) -> None:
+        with self._encoded:
+            self._encoding -= 1
+            self._encoded.notify_all()
+
     # In a worker thread ------------------------------------------------------------------------
+
+    def _wait_for_encodes(self) -> None:
+        """Where the engine owns the cores: until no encode runs beside the engine call."""
+        if self.engine_owns_cores:
+            with self._encoded:
+                self._encoded.wait_for(lambda: self._encoding == 0)
 
     def _execute(self, batch: list[Work[S]]) -> list[Finishing[S] | BaseException]:
         started = time.monotonic()
@@ -247,6 +288,7 @@ class Scheduler(Generic[S]):
             decode_s[i] = time.monotonic() - t
         if good:
             first = batch[good[0]]
+            self._wait_for_encodes()
             try:
                 t = time.monotonic()
                 frames = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)

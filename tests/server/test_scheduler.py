@@ -164,6 +164,94 @@ def test_engines_that_take_frames_are_given_the_decoded_frames() -> None:
     assert [r.payload[1] for r in results] == [1.0, 1.0, 1.0]
 
 
+class Timeline:
+    """When each engine call and each encode ran (monotonic intervals)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []
+        self.encodes: list[tuple[float, float]] = []
+        self.lock = threading.Lock()
+
+    def record(self, into: list[tuple[float, float]], seconds: float) -> None:
+        began = time.monotonic()
+        time.sleep(seconds)
+        with self.lock:
+            into.append((began, time.monotonic()))
+
+    def overlaps(self) -> int:
+        return sum(
+            1 for a, b in self.calls for c, d in self.encodes if a < d and c < b
+        )  # fmt: skip
+
+
+class TimedEngine(FakeEngine):
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__(delay=0.0)
+        self.timeline = timeline
+
+    def infer(
+        self, src: Float32Array, state: Count | None, ratio: float, *, alpha_only: bool = False
+    ) -> EngineOutput[Count]:
+        self.timeline.record(self.timeline.calls, 0.02)
+        return super().infer(src, state, ratio, alpha_only=alpha_only)
+
+
+def encodes_beside_engine_calls(engine_owns_cores: bool) -> tuple[int, int]:
+    """Two streams resubmitting at once, each matte's encode 30 ms (longer than an engine
+    call): (engine calls that overlapped an encode, frames done)."""
+    timeline = Timeline()
+    engine = TimedEngine(timeline)
+
+    def slow_work(tag: str, state: Any) -> Work:
+        job = work(engine, tag, state)
+        job.finish = lambda fgr, alpha: timeline.record(timeline.encodes, 0.03)
+        return job
+
+    async def stream(name: str, scheduler: Scheduler) -> None:
+        state = None
+        for _ in range(6):
+            state = (await scheduler.run(slow_work(name, state))).state
+
+    async def main() -> None:
+        scheduler = Scheduler(workers=1, engine_owns_cores=engine_owns_cores)
+        await asyncio.gather(stream("a", scheduler), stream("b", scheduler))
+        await scheduler.aclose()
+
+    asyncio.run(main())
+    return timeline.overlaps(), len(timeline.calls)
+
+
+def test_engine_calls_wait_for_encodes_where_the_engine_owns_the_cores() -> None:
+    overlapped, calls = encodes_beside_engine_calls(engine_owns_cores=True)
+    assert calls == 12
+    assert overlapped == 0
+    # Without it, the next stream's engine call runs while the last matte is encoded.
+    overlapped, calls = encodes_beside_engine_calls(engine_owns_cores=False)
+    assert calls == 12
+    assert overlapped > 0
+
+
+def test_a_failed_encode_does_not_hold_the_engine() -> None:
+    """An encode that raises still ends its count: the next engine call goes ahead."""
+    engine = FakeEngine(delay=0.001)
+
+    def broken(fgr: Any, alpha: Any) -> Any:
+        raise OSError("PNG encoding failed")
+
+    async def main() -> tuple[Any, Done]:
+        scheduler = Scheduler(workers=1, engine_owns_cores=True)
+        failing = work(engine, "bad")
+        failing.finish = broken
+        failed = await asyncio.gather(scheduler.run(failing), return_exceptions=True)
+        done = await asyncio.wait_for(scheduler.run(work(engine, "next")), 5)
+        await scheduler.aclose()
+        return failed[0], done
+
+    failed, done = asyncio.run(main())
+    assert isinstance(failed, OSError)
+    assert done.payload == ("next", 1.0)
+
+
 def test_a_bad_frame_fails_alone() -> None:
     engine = FakeEngine(delay=0.05)
 
