@@ -2,7 +2,8 @@
 
 The event loop only queues work and hands it to `workers` threads; decoding and the engine
 call run in those threads, never on the loop, and each result's `finish` (encoding) runs in a
-codec thread of its own: the worker decodes the next frame while the last one is encoded.
+codec thread of its own, handed over by the worker as its engine call returns: the worker
+decodes the next frame while the last one is encoded.
 Where the engines' threads take every core (`engine_owns_cores`, the default set-up), an engine
 call then waits until no encode runs: an encode beside the call takes a core from one of the
 engine's threads, and its other threads wait for that one at every operator (spinning, then
@@ -24,6 +25,7 @@ as one engine call. Whether that pays depends on the engine and the CPU: it is o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -100,6 +102,8 @@ class Done(Generic[S]):
 
 Finishing = Callable[[], "Done[S] | BaseException"]
 """A frame past its engine call: its `finish` (the encode) and bookkeeping, for a codec thread."""
+Encoding = concurrent.futures.Future["Done[S] | BaseException"]
+"""A `Finishing` handed to a codec thread."""
 
 
 def _resolve(work: Work[Any], result: Any) -> None:
@@ -221,11 +225,11 @@ class Scheduler(Generic[S]):
         return []
 
     def _finished(
-        self, batch: list[Work[S]], running: asyncio.Future[list[Finishing[S] | BaseException]]
+        self, batch: list[Work[S]], running: asyncio.Future[list[Encoding[S] | BaseException]]
     ) -> None:
         self._free += 1
         try:
-            results: list[Finishing[S] | BaseException] = running.result()
+            results: list[Encoding[S] | BaseException] = running.result()
         except BaseException as exc:  # the pool was shut down under it
             results = [exc] * len(batch)
         loop = asyncio.get_running_loop()
@@ -234,30 +238,11 @@ class Scheduler(Generic[S]):
                 result = RuntimeError("the server is shutting down")
             if isinstance(result, BaseException):
                 _resolve(work, result)
-            elif work.future is not None and not work.future.done():
-                self._encode(loop, work, result)
+            else:
+                encoding = asyncio.wrap_future(result, loop=loop)
+                encoding.add_done_callback(lambda f, w=work: _settle(w, f))  # type: ignore[misc]
         if not self._closed:
             self._dispatch()
-
-    def _encode(
-        self, loop: asyncio.AbstractEventLoop, work: Work[S], finishing: Finishing[S]
-    ) -> None:
-        """`finishing` to a codec thread, counted while it runs (before the next dispatch, so
-        the next engine call sees it)."""
-        with self._encoded:
-            self._encoding += 1
-        try:
-            encoding = loop.run_in_executor(self._codec, self._encoded_after, finishing)
-        except BaseException:  # the codec pool was shut down: it never runs
-            self._encode_ended()
-            raise
-        encoding.add_done_callback(lambda f: _settle(work, f))
-
-    def _encoded_after(self, finishing: Finishing[S]) -> Done[S] | BaseException:
-        try:
-            return finishing()
-        finally:
-            self._encode_ended()
 
     def _encode_ended(self) -> None:
         with self._encoded:
@@ -266,15 +251,32 @@ class Scheduler(Generic[S]):
 
     # In a worker thread ------------------------------------------------------------------------
 
+    def _encode(self, finishing: Finishing[S]) -> Encoding[S] | BaseException:
+        """`finishing` to a codec thread, from the worker as soon as the engine call returns
+        (not a hop through the event loop later), counted until it ends."""
+        with self._encoded:
+            self._encoding += 1
+        try:
+            return self._codec.submit(self._encoded_after, finishing)
+        except RuntimeError as exc:  # the codec pool is shut down: it never runs
+            self._encode_ended()
+            return exc
+
+    def _encoded_after(self, finishing: Finishing[S]) -> Done[S] | BaseException:
+        try:
+            return finishing()
+        finally:
+            self._encode_ended()
+
     def _wait_for_encodes(self) -> None:
         """Where the engine owns the cores: until no encode runs beside the engine call."""
         if self.engine_owns_cores:
             with self._encoded:
                 self._encoded.wait_for(lambda: self._encoding == 0)
 
-    def _execute(self, batch: list[Work[S]]) -> list[Finishing[S] | BaseException]:
+    def _execute(self, batch: list[Work[S]]) -> list[Encoding[S] | BaseException]:
         started = time.monotonic()
-        results: list[Finishing[S] | BaseException | None] = [None] * len(batch)
+        results: list[Encoding[S] | BaseException | None] = [None] * len(batch)
         inputs: list[Uint8Array] = []
         good: list[int] = []
         decode_s: dict[int, float] = {}
@@ -305,16 +307,18 @@ class Scheduler(Generic[S]):
             else:
                 self._observe_infer(first, infer_s, len(good))
                 for j, i in enumerate(good):
-                    results[i] = partial(
-                        self._finish,
-                        batch[i],
-                        None if out.fgr is None else out.fgr[j],
-                        out.alpha[j],
-                        states[j],
-                        started,
-                        decode_s[i],
-                        infer_s,
-                        len(good),
+                    results[i] = self._encode(
+                        partial(
+                            self._finish,
+                            batch[i],
+                            None if out.fgr is None else out.fgr[j],
+                            out.alpha[j],
+                            states[j],
+                            started,
+                            decode_s[i],
+                            infer_s,
+                            len(good),
+                        )
                     )
         return [r if r is not None else RuntimeError("frame not processed") for r in results]
 
