@@ -244,11 +244,6 @@ class Scheduler(Generic[S]):
         if not self._closed:
             self._dispatch()
 
-    def _encode_ended(self) -> None:
-        with self._encoded:
-            self._encoding -= 1
-            self._encoded.notify_all()
-
     # In a worker thread ------------------------------------------------------------------------
 
     def _encode(self, finishing: Finishing[S]) -> Encoding[S] | BaseException:
@@ -267,6 +262,12 @@ class Scheduler(Generic[S]):
             return finishing()
         finally:
             self._encode_ended()
+
+    def _encode_ended(self) -> None:
+        """In the codec thread (or the worker, when the codec pool refused it)."""
+        with self._encoded:
+            self._encoding -= 1
+            self._encoded.notify_all()
 
     def _wait_for_encodes(self) -> None:
         """Where the engine owns the cores: until no encode runs beside the engine call."""

@@ -179,9 +179,7 @@ class Timeline:
             into.append((began, time.monotonic()))
 
     def overlaps(self) -> int:
-        return sum(
-            1 for a, b in self.calls for c, d in self.encodes if a < d and c < b
-        )  # fmt: skip
+        return sum(1 for a, b in self.calls for c, d in self.encodes if a < d and c < b)
 
 
 class TimedEngine(FakeEngine):
